@@ -1,0 +1,3 @@
+from .trainer import Trainer, build_optimizer
+
+__all__ = ["Trainer", "build_optimizer"]

@@ -1,0 +1,111 @@
+"""Training / evaluation entry point (``tools/train_net.py``, console command ``objguided-train``).
+
+Detectron2's standard script shape: ``default_argument_parser`` (``--config-file``, ``--resume``,
+``--eval-only``, ``--num-gpus``, ``--num-machines``, ``--machine-rank``, ``--dist-url``, ``opts``)
+plus ``--dataset NAME=FORMAT:PATH`` (repeatable) to register the user's own data without Python.
+Distributed training goes through Detectron2's ``launch`` (torch.distributed: NCCL on GPUs, gloo on
+CPU), never a home-made multi-process loop.
+"""
+import logging
+import os
+
+import torch
+
+from detectron2.checkpoint import DetectionCheckpointer
+from detectron2.config import get_cfg
+from detectron2.engine import default_argument_parser, default_setup, launch
+from detectron2.evaluation import verify_results
+from detectron2.utils import comm
+
+from objguided_d2.config import add_objguided_config
+from objguided_d2.engine.trainer import Trainer
+
+__all__ = ["get_parser", "setup", "main", "cli"]
+
+logger = logging.getLogger("objguided_d2")
+
+_POINTREND_DEFAULT_NUM_CLASSES = 80
+
+
+def get_parser():
+    from objguided_d2.data.register import add_dataset_arguments
+
+    parser = default_argument_parser(
+        epilog="Example: tools/train_net.py --config-file configs/nuclei/objguided_R_50.yaml "
+        "--dataset mycells=labelfolder:/data/cells DATASETS.TRAIN '(\"mycells_train\",)'"
+    )
+    add_dataset_arguments(parser)
+    return parser
+
+
+def load_config(config_file: str, opts=(), *, allow_cuda_fallback: bool = True):
+    """get_cfg -> add_objguided_config -> merge YAML -> merge opts, with the checks users need.
+
+    Config files must be YAML: a Python config would be executed, which is not done for a file
+    named on the command line.
+    """
+    if not config_file:
+        raise ValueError("--config-file is required (a YAML file under configs/)")
+    if not os.path.isfile(config_file):
+        raise FileNotFoundError(f"--config-file {config_file}: file not found")
+    if os.path.splitext(config_file)[1].lower() not in (".yaml", ".yml"):
+        raise ValueError(f"--config-file {config_file}: expected a .yaml/.yml file (Python configs are not executed)")
+    cfg = get_cfg()
+    add_objguided_config(cfg)
+    cfg.merge_from_file(config_file)
+    cfg.merge_from_list(list(opts or []))
+    if allow_cuda_fallback and cfg.MODEL.DEVICE.startswith("cuda") and not torch.cuda.is_available():
+        logger.warning("MODEL.DEVICE=%s but CUDA is not available: using the CPU", cfg.MODEL.DEVICE)
+        cfg.MODEL.DEVICE = "cpu"
+    # One NUM_CLASSES: PointRend keeps a second copy in POINT_HEAD; derive it, or refuse a conflict.
+    n = cfg.MODEL.ROI_HEADS.NUM_CLASSES
+    if cfg.MODEL.POINT_HEAD.NUM_CLASSES != n:
+        if cfg.MODEL.POINT_HEAD.NUM_CLASSES == _POINTREND_DEFAULT_NUM_CLASSES:
+            cfg.MODEL.POINT_HEAD.NUM_CLASSES = n
+        else:
+            raise ValueError(
+                f"{config_file}: MODEL.POINT_HEAD.NUM_CLASSES={cfg.MODEL.POINT_HEAD.NUM_CLASSES} differs from "
+                f"MODEL.ROI_HEADS.NUM_CLASSES={n}; set only MODEL.ROI_HEADS.NUM_CLASSES"
+            )
+    return cfg
+
+
+def setup(args):
+    """Register ``--dataset`` specs, build and freeze the config, and run Detectron2's
+    ``default_setup`` (output dir, logging, config dump, seeds)."""
+    from objguided_d2.data.register import register_from_args
+
+    register_from_args(args)
+    cfg = load_config(args.config_file, args.opts)
+    cfg.freeze()
+    default_setup(cfg, args)
+    return cfg
+
+
+def main(args):
+    cfg = setup(args)
+    if args.eval_only:
+        model = Trainer.build_model(cfg)
+        DetectionCheckpointer(model, save_dir=cfg.OUTPUT_DIR).resume_or_load(cfg.MODEL.WEIGHTS, resume=args.resume)
+        res = Trainer.test(cfg, model)
+        if comm.is_main_process():
+            verify_results(cfg, res)
+        return res
+    trainer = Trainer(cfg)
+    trainer.resume_or_load(resume=args.resume)
+    res = trainer.train()
+    # DefaultTrainer.train() returns results only with TEST.EXPECTED_RESULTS; keep the last eval.
+    return res if res is not None else getattr(trainer, "_last_eval_results", None)
+
+
+def cli(argv=None):
+    args = get_parser().parse_args(argv)
+    print("Command Line Args:", args)
+    return launch(
+        main,
+        args.num_gpus,
+        num_machines=args.num_machines,
+        machine_rank=args.machine_rank,
+        dist_url=args.dist_url,
+        args=(args,),
+    )

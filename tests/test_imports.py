@@ -1,0 +1,46 @@
+"""Importing the plugin registers every component, and needs no compiled detectron2 op."""
+import importlib
+import pkgutil
+
+import objguided_d2
+from detectron2.config import get_cfg
+from detectron2.modeling import (
+    BACKBONE_REGISTRY,
+    META_ARCH_REGISTRY,
+    PROPOSAL_GENERATOR_REGISTRY,
+    ROI_HEADS_REGISTRY,
+    ROI_MASK_HEAD_REGISTRY,
+)
+
+
+def test_every_module_imports():
+    names = [m.name for m in pkgutil.walk_packages(objguided_d2.__path__, "objguided_d2.")]
+    assert len(names) > 10
+    for name in names:
+        importlib.import_module(name)
+
+
+def test_components_registered():
+    assert "build_objguided_resnet_backbone" in BACKBONE_REGISTRY
+    assert "CenterNetProposalGenerator" in PROPOSAL_GENERATOR_REGISTRY
+    assert "ObjGuidedROIHeads" in ROI_HEADS_REGISTRY
+    assert "ObjGuidedMaskHead" in ROI_MASK_HEAD_REGISTRY
+    assert "ObjGuidedRCNN" in META_ARCH_REGISTRY
+    # PointRend's heads come with add_objguided_config's import of detectron2.projects.point_rend
+    cfg = objguided_d2.add_objguided_config(get_cfg())
+    assert "PointRendROIHeads" in ROI_HEADS_REGISTRY
+    assert cfg.MODEL.OBJGUIDED.REFINE_ON is True
+
+
+def test_add_config_twice_is_safe():
+    cfg = objguided_d2.add_objguided_config(get_cfg())
+    cfg.MODEL.OBJGUIDED.TOPK = 7
+    objguided_d2.add_objguided_config(cfg)
+    assert cfg.MODEL.OBJGUIDED.TOPK == 7
+
+
+def test_paper_defaults():
+    og = objguided_d2.add_objguided_config(get_cfg()).MODEL.OBJGUIDED
+    assert (og.REFINE_OVERSAMPLE_RATIO, og.REFINE_IMPORTANCE_SAMPLE_RATIO, og.REFINE_POINT_DIVISOR) == (3, 0.75, 8)
+    assert (og.WH_LOSS_WEIGHT, og.SEG_LOSS_WEIGHT, og.GAUSSIAN_MIN_OVERLAP, og.TOPK) == (0.1, 2.0, 0.7, 500)
+    assert og.SCORE_THRESH_TEST == 0.3 and og.ROI_ENLARGE == 1.1
