@@ -1,4 +1,4 @@
-"""End to end: tools/train_net.py trains the baselines a few iterations on a tiny embedded dataset,
+"""End to end: tools/train_net.py trains ours and the baselines a few iterations on a tiny embedded dataset,
 evaluates in COCO format, resumes from its checkpoint, and trains with two processes through
 Detectron2's ``launch`` on the CPU (gloo)."""
 import json
@@ -35,7 +35,10 @@ def _metrics(out_dir):
         return [json.loads(line) for line in f if line.strip()]
 
 
-@pytest.mark.parametrize("config", ["configs/tiny/mask_rcnn_R18_tiny.yaml", "configs/tiny/pointrend_R18_tiny.yaml"])
+@pytest.mark.parametrize(
+    "config",
+    ["configs/tiny/objguided_R18_tiny.yaml", "configs/tiny/mask_rcnn_R18_tiny.yaml", "configs/tiny/pointrend_R18_tiny.yaml"],
+)
 def test_train_eval_resume_baseline(tmp_path, config):
     out = tmp_path / "out"
     common = ["--config-file", config, "--dataset", SPEC, *FAST, "OUTPUT_DIR", str(out)]
