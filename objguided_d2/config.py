@@ -31,6 +31,14 @@ def add_objguided_config(cfg: CN) -> CN:
     # Optimizer: "SGD" (Detectron2's, used by the Mask R-CNN / PointRend baselines) or "ADAM"
     # (the paper: Adam, lr 1.25e-4, constant, no weight decay) or "ADAMW".
     _C.SOLVER.OPTIMIZER = "SGD"
+    # A NaN/Inf loss (checked before backward): "raise" = stop with FloatingPointError naming the
+    # loss and iteration; "skip" = drop that batch (no backward / optimizer step) with a warning.
+    _C.SOLVER.NONFINITE_LOSS = "raise"
+    # With NONFINITE_LOSS "skip": most batches in a row that may be skipped; one more aborts.
+    _C.SOLVER.MAX_CONSECUTIVE_SKIPS = 10
+    # Allow weights that need full unpickling (.pkl, e.g. detectron2:// model zoo, or non-plain
+    # .pth): unpickling can execute code. Also set by tools/train_net.py --trust-pickle.
+    _C.MODEL.TRUST_PICKLE = False
 
     _C.MODEL.OBJGUIDED = CN()
     og = _C.MODEL.OBJGUIDED
@@ -97,6 +105,9 @@ def add_objguided_config(cfg: CN) -> CN:
     # Training: segment at most this many GT instances per image (random sample; 0 = all). Caps
     # the per-ROI loop's time and memory on crowded images.
     og.MAX_TRAIN_INSTANCES = 0
+    # Segment ROIs in padded buckets of similar size (masked InstanceNorm; same results as the
+    # paper's one-ROI-at-a-time loop, which False selects as the reference). Speed only.
+    og.BATCHED_SEG = True
 
     # ------------------------------------------ auxiliary point refinement (method card §4)
     # Train with the auxiliary refinement loss; False gives "Ours w/o refine".

@@ -2,7 +2,9 @@
 
 Detectron2's standard script shape: ``default_argument_parser`` (``--config-file``, ``--resume``,
 ``--eval-only``, ``--num-gpus``, ``--num-machines``, ``--machine-rank``, ``--dist-url``, ``opts``)
-plus ``--dataset NAME=FORMAT:PATH`` (repeatable) to register the user's own data without Python.
+plus ``--dataset NAME=FORMAT:PATH`` (repeatable) to register the user's own data without Python,
+``--trust-pickle`` (allow ``.pkl`` / pickled weights) and ``--overwrite`` (train from scratch into an
+OUTPUT_DIR that already holds a run; refused otherwise unless ``--resume``).
 Distributed training goes through Detectron2's ``launch`` (torch.distributed: NCCL on GPUs, gloo on
 CPU), never a home-made multi-process loop.
 """
@@ -11,13 +13,13 @@ import os
 
 import torch
 
-from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.config import get_cfg
 from detectron2.engine import default_argument_parser, default_setup, launch
 from detectron2.evaluation import verify_results
 from detectron2.utils import comm
 
 from objguided_d2.config import add_objguided_config
+from objguided_d2.engine.checkpoint import ObjGuidedCheckpointer, check_output_dir
 from objguided_d2.engine.trainer import Trainer
 
 __all__ = ["get_parser", "setup", "main", "cli"]
@@ -35,6 +37,17 @@ def get_parser():
         "--dataset mycells=labelfolder:/data/cells DATASETS.TRAIN '(\"mycells_train\",)'"
     )
     add_dataset_arguments(parser)
+    # Reliability flags (docs/reliability.md).
+    parser.add_argument(
+        "--trust-pickle", action="store_true",
+        help="allow weights that need full unpickling (.pkl such as detectron2:// model-zoo files, or "
+        ".pth with Python objects); unpickling can execute code. Same as MODEL.TRUST_PICKLE True",
+    )
+    parser.add_argument(
+        "--overwrite", action="store_true",
+        help="train from scratch into an OUTPUT_DIR that already holds a run (its checkpoints are "
+        "overwritten); without it such a run is refused unless --resume",
+    )
     return parser
 
 
@@ -52,7 +65,9 @@ def load_config(config_file: str, opts=(), *, allow_cuda_fallback: bool = True):
         raise ValueError(f"--config-file {config_file}: expected a .yaml/.yml file (Python configs are not executed)")
     cfg = get_cfg()
     add_objguided_config(cfg)
-    cfg.merge_from_file(config_file)
+    # Detectron2 defaults to allow_unsafe=True (yaml.unsafe_load on a safe_load error), which runs
+    # `!!python/object/apply:` tags; a config file must never execute code.
+    cfg.merge_from_file(config_file, allow_unsafe=False)
     cfg.merge_from_list(list(opts or []))
     if allow_cuda_fallback and cfg.MODEL.DEVICE.startswith("cuda") and not torch.cuda.is_available():
         logger.warning("MODEL.DEVICE=%s but CUDA is not available: using the CPU", cfg.MODEL.DEVICE)
@@ -76,17 +91,38 @@ def setup(args):
     from objguided_d2.data.register import register_from_args
 
     register_from_args(args)
-    cfg = load_config(args.config_file, args.opts)
+    opts = list(args.opts or [])
+    if getattr(args, "trust_pickle", False):
+        opts += ["MODEL.TRUST_PICKLE", "True"]
+    cfg = load_config(args.config_file, opts)
     cfg.freeze()
+    if not args.eval_only:  # before default_setup writes config.yaml / log.txt into OUTPUT_DIR
+        _check_output_dir(cfg.OUTPUT_DIR, resume=args.resume, overwrite=getattr(args, "overwrite", False))
     default_setup(cfg, args)
     return cfg
+
+
+def _check_output_dir(output_dir, *, resume, overwrite):
+    """check_output_dir on the main process; every rank raises the same error (no DDP hang)."""
+    err = None
+    if comm.is_main_process():
+        try:
+            check_output_dir(output_dir, resume=resume, overwrite=overwrite)
+        except FileExistsError as e:
+            err = str(e)
+    if comm.get_world_size() > 1:
+        err = comm.all_gather(err)[0]
+    if err:
+        raise FileExistsError(err)
 
 
 def main(args):
     cfg = setup(args)
     if args.eval_only:
         model = Trainer.build_model(cfg)
-        DetectionCheckpointer(model, save_dir=cfg.OUTPUT_DIR).resume_or_load(cfg.MODEL.WEIGHTS, resume=args.resume)
+        ObjGuidedCheckpointer(model, save_dir=cfg.OUTPUT_DIR, trust_pickle=cfg.MODEL.TRUST_PICKLE).resume_or_load(
+            cfg.MODEL.WEIGHTS, resume=args.resume
+        )
         res = Trainer.test(cfg, model)
         if comm.is_main_process():
             verify_results(cfg, res)

@@ -8,7 +8,10 @@ It overrides only what must change in ``DefaultTrainer``:
 * ``build_optimizer`` adds Adam (the paper's optimizer) next to Detectron2's SGD;
 * DDP on CPU: Detectron2 passes ``device_ids=[local_rank]`` to DistributedDataParallel, which
   torch rejects for CPU modules; here ``device_ids`` is ``None`` when the model is on the CPU, so
-  ``launch(..., num_gpus_per_machine=2)`` trains with the gloo backend on a machine with no GPU.
+  ``launch(..., num_gpus_per_machine=2)`` trains with the gloo backend on a machine with no GPU;
+* reliability: non-finite losses are caught before the optimizer step (``SOLVER.NONFINITE_LOSS``),
+  checkpoints are atomic and never hold NaNs, and weights load with ``weights_only=True``
+  (:class:`ObjGuidedCheckpointer`, ``MODEL.TRUST_PICKLE``); see ``docs/reliability.md``.
 """
 import logging
 import os
@@ -16,13 +19,15 @@ import weakref
 
 import torch
 
-from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.data import build_detection_test_loader, build_detection_train_loader
-from detectron2.engine import AMPTrainer, DefaultTrainer, SimpleTrainer, create_ddp_model
+from detectron2.engine import DefaultTrainer, create_ddp_model
 from detectron2.engine.train_loop import TrainerBase
 from detectron2.solver.build import get_default_optimizer_params, maybe_add_gradient_clipping
 from detectron2.utils import comm
 from detectron2.utils.logger import setup_logger
+
+from .checkpoint import ObjGuidedCheckpointer
+from .train_loop import GuardedAMPTrainer, GuardedSimpleTrainer
 
 __all__ = ["Trainer", "build_optimizer"]
 
@@ -72,11 +77,16 @@ class Trainer(DefaultTrainer):
         if on_cpu:
             ddp_kwargs["device_ids"] = None
         model = create_ddp_model(model, **ddp_kwargs)
-        self._trainer = (AMPTrainer if cfg.SOLVER.AMP.ENABLED else SimpleTrainer)(
-            model, data_loader, optimizer
+        # Reliability (docs/reliability.md): losses checked before the step (SOLVER.NONFINITE_LOSS),
+        # atomic finite-only checkpoints, weights_only loading unless MODEL.TRUST_PICKLE.
+        self._trainer = (GuardedAMPTrainer if cfg.SOLVER.AMP.ENABLED else GuardedSimpleTrainer)(
+            model, data_loader, optimizer, nonfinite_loss=cfg.SOLVER.NONFINITE_LOSS,
+            max_consecutive_skips=cfg.SOLVER.MAX_CONSECUTIVE_SKIPS,
         )
         self.scheduler = self.build_lr_scheduler(cfg, optimizer)
-        self.checkpointer = DetectionCheckpointer(model, cfg.OUTPUT_DIR, trainer=weakref.proxy(self))
+        self.checkpointer = ObjGuidedCheckpointer(
+            model, cfg.OUTPUT_DIR, trust_pickle=cfg.MODEL.TRUST_PICKLE, trainer=weakref.proxy(self)
+        )
         self.start_iter = 0
         self.max_iter = cfg.SOLVER.MAX_ITER
         self.cfg = cfg
