@@ -1,0 +1,146 @@
+"""The methods compared and the presets of ``tools/compare.py``.
+
+A *method* is one config file trained under the shared budget; its id (a folder name under
+``DIR/runs``) and its display name come from the config file name unless given as
+``NAME=PATH`` on the command line. A *preset* fixes the dataset, the four configs and the budget.
+"""
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass
+from typing import Dict, List, Optional, Sequence, Tuple
+
+__all__ = ["Method", "Preset", "PRESETS", "REPO_ROOT", "display_name", "parse_methods", "default_configs"]
+
+# The configs live in the repository next to the package (editable install).
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+_ID_RE = re.compile(r"[^A-Za-z0-9_.\-]+")
+
+
+@dataclass(frozen=True)
+class Method:
+    """One compared method: ``id`` names its run folder, ``name`` its table row."""
+
+    id: str
+    name: str
+    config_file: str  # absolute path
+
+
+@dataclass(frozen=True)
+class Preset:
+    """Dataset, configs and the shared budget of a named comparison."""
+
+    dataset: str  # embedded base name: <dataset>_train / <dataset>_test are registered
+    configs: Tuple[str, ...]  # paths relative to the repository root
+    iters: int
+    batch: int
+    input_size: int
+    description: str
+
+
+def _tiny(*names: str) -> Tuple[str, ...]:
+    return tuple(f"configs/tiny/{n}.yaml" for n in names)
+
+
+TINY_CONFIGS = _tiny("objguided_R18_tiny", "objguided_R18_tiny_norefine", "mask_rcnn_R18_tiny", "pointrend_R18_tiny")
+
+
+def paper_configs(family: str) -> Tuple[str, ...]:
+    """The paper-size (ResNet-50) configs of one dataset family (``nuclei``, ``neural``, ``leaves``)."""
+    return tuple(
+        f"configs/{family}/{n}.yaml"
+        for n in ("objguided_R_50", "objguided_R_50_norefine", "mask_rcnn_R_50_FPN", "pointrend_R_50_FPN")
+    )
+
+
+PRESETS: Dict[str, Preset] = {
+    # Measured: 11.3 min wall for all four (train 120 iterations at 128 px + evaluate on the 4
+    # test images) on 2 CPU cores that other jobs were also using (load ~4); ~0.22 s/iteration
+    # each at steady state, Mask R-CNN / PointRend inference is the slowest part.
+    "demo": Preset(
+        dataset="synth_neural_tiny",
+        configs=TINY_CONFIGS,
+        iters=120,
+        batch=2,
+        input_size=128,
+        description="4 tiny ResNet-18 models, embedded tiny neural-cell data (128 px, 16/4/4), ~10 min on 2 CPU cores",
+    ),
+    "paper-cpu": Preset(
+        dataset="synth_neural",
+        configs=TINY_CONFIGS,
+        iters=3000,
+        batch=4,
+        input_size=256,
+        description="4 tiny ResNet-18 models, full embedded neural-cell data (256 px, 200/50/50), hours on a CPU",
+    ),
+    "paper-gpu": Preset(
+        dataset="synth_neural",
+        configs=paper_configs("neural"),
+        iters=18000,
+        batch=8,
+        input_size=512,
+        description="the paper's ResNet-50 models at 512 px (Adam 1.25e-4 for ours), one GPU",
+    ),
+}
+
+
+def default_configs() -> Tuple[str, ...]:
+    """Ours, ours w/o refine, Mask R-CNN, PointRend (the tiny CPU configs)."""
+    return TINY_CONFIGS
+
+
+def display_name(config_file: str) -> str:
+    """Table row name from a config file name (``objguided_*_norefine`` -> ``Ours w/o refine``)."""
+    stem = os.path.splitext(os.path.basename(config_file))[0].lower()
+    if stem.startswith("objguided"):
+        return "Ours w/o refine" if "norefine" in stem else "Ours"
+    if stem.startswith("mask_rcnn"):
+        return "Mask R-CNN"
+    if stem.startswith("pointrend"):
+        return "PointRend"
+    return os.path.splitext(os.path.basename(config_file))[0]
+
+
+def _resolve(path: str) -> str:
+    """A config path as given, or relative to the repository root when it is not found as given."""
+    if os.path.isfile(path):
+        return os.path.abspath(path)
+    alt = os.path.join(REPO_ROOT, path)
+    if os.path.isfile(alt):
+        return alt
+    raise FileNotFoundError(f"config file {path!r} not found (also looked in {REPO_ROOT})")
+
+
+def parse_methods(entries: Sequence[str]) -> List[Method]:
+    """``PATH`` or ``NAME=PATH`` entries -> methods with unique ids.
+
+    Raises:
+        FileNotFoundError: a config file does not exist.
+        ValueError: two entries would share a run folder.
+    """
+    methods: List[Method] = []
+    seen: Dict[str, str] = {}
+    for entry in entries:
+        name: Optional[str] = None
+        path = entry
+        if "=" in entry and not os.path.isfile(entry):
+            name, path = entry.split("=", 1)
+            name = name.strip()
+            if not name:
+                raise ValueError(f"--configs entry {entry!r}: empty NAME before '='")
+        config = _resolve(path.strip())
+        mid = _ID_RE.sub("_", name if name else os.path.splitext(os.path.basename(config))[0]).strip("_")
+        if not mid:
+            raise ValueError(f"--configs entry {entry!r}: cannot make a folder name from it")
+        if mid in seen:
+            raise ValueError(
+                f"--configs: {entry!r} and {seen[mid]!r} both map to run folder 'runs/{mid}'; "
+                "name them with NAME=PATH"
+            )
+        seen[mid] = entry
+        methods.append(Method(id=mid, name=name or display_name(config), config_file=config))
+    if not methods:
+        raise ValueError("--configs: no config given")
+    return methods
