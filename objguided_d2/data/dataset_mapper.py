@@ -11,7 +11,9 @@ Differences from Detectron2's ``DatasetMapper``:
 * boxes are recomputed from the transformed masks (tight after a crop) and instances whose mask
   became empty are dropped;
 * RLE masks are always processed as bitmasks (a polygon would erase one-pixel-wide protrusions);
-  an image without objects still gets ``gt_masks`` (zero masks) when masks are used.
+  an image without objects still gets ``gt_masks`` (zero masks) when masks are used;
+* in training, an RLE / array mask whose size is not its image's raises ``DataError`` naming the
+  file and the annotation (instead of a failure inside a transform).
 
 Output per image: ``"image"`` (3, H, W) uint8 tensor in ``INPUT.FORMAT`` channel order and, in
 training, ``"instances"`` with ``gt_boxes`` (R, 4) XYXY, ``gt_classes`` (R,), ``gt_masks`` (R, H, W).
@@ -28,7 +30,7 @@ from detectron2.data import detection_utils as utils
 from detectron2.data import transforms as T
 from detectron2.structures import BitMasks, PolygonMasks
 
-from .io import read_image
+from .io import DataError, read_image
 from .transforms import RandomSquareCrop
 
 __all__ = ["ObjGuidedDatasetMapper", "build_objguided_augmentation"]
@@ -123,6 +125,24 @@ class ObjGuidedDatasetMapper(DatasetMapper):
             instances.gt_boxes = instances.gt_masks.get_bounding_boxes()
         dataset_dict["instances"] = utils.filter_empty_instances(instances)
 
+    @staticmethod
+    def _check_mask_sizes(dataset_dict: dict, image_hw) -> None:
+        """An RLE / array mask of another size than its image would otherwise fail deep inside a
+        transform (a bare assert or a crop's shape error); say which file and annotation."""
+        for j, obj in enumerate(dataset_dict.get("annotations", [])):
+            segm = obj.get("segmentation")
+            if isinstance(segm, dict) and "size" in segm:
+                hw = tuple(int(s) for s in segm["size"])
+            elif isinstance(segm, np.ndarray):
+                hw = tuple(segm.shape[:2])
+            else:
+                continue  # polygons have no size of their own (clipped to the image)
+            if hw != tuple(image_hw):
+                raise DataError(
+                    f"{dataset_dict.get('file_name', '?')}: annotation {j} (id {obj.get('id', '?')}) has a "
+                    f"{hw[1]}x{hw[0]} (WxH) mask but the image is {image_hw[1]}x{image_hw[0]}"
+                )
+
     def _read(self, dataset_dict: dict) -> np.ndarray:
         image = read_image(dataset_dict["file_name"])  # (H, W, 3) uint8 BGR
         if self.image_format == "RGB":
@@ -140,6 +160,8 @@ class ObjGuidedDatasetMapper(DatasetMapper):
         """
         dataset_dict = copy.deepcopy(dataset_dict)
         image = self._read(dataset_dict)
+        if self.is_train:
+            self._check_mask_sizes(dataset_dict, image.shape[:2])
         aug_input = T.AugInput(image)
         transforms = self.augmentations(aug_input)
         image = aug_input.image

@@ -17,7 +17,9 @@ Formats (``PATH`` is the dataset folder unless said otherwise):
 
 Rules shared by all formats: an id made of several disconnected blobs is ONE object; ids need not
 be contiguous; an image without any object is a valid sample (an image entry, no annotation).
-Bad data raise :class:`~objguided_d2.data.io.DataError` naming the file.
+Bad data raise :class:`~objguided_d2.data.io.DataError` naming the file. COCO files must have
+unique image / annotation / category ids and only known ``category_id`` values (Detectron2 would
+silently merge two images sharing an id).
 
 Splits: ``PATH/splits.json`` (``{"train": [keys], "val": [...], "test": [...]}``) or
 ``PATH/train.txt`` / ``val.txt`` / ``test.txt`` (one key per line, ``#`` comments) when present,
@@ -441,7 +443,41 @@ def _load_coco(path: str) -> dict:
         raise DataError(f"{path}: not a COCO instances file (expected lists 'images', 'annotations', 'categories')")
     if not data["categories"]:
         raise DataError(f"{path}: 'categories' is empty")
+    _check_coco_ids(path, data)
     return data
+
+
+def _first_duplicate(values) -> Optional[object]:
+    seen = set()
+    for v in values:
+        if v in seen:
+            return v
+        seen.add(v)
+    return None
+
+
+def _check_coco_ids(path: str, data: dict) -> None:
+    """Ids Detectron2's ``load_coco_json`` would otherwise mishandle: pycocotools indexes images
+    by id, so two images with one id silently become one image carrying both images' objects
+    (wrong labels); duplicate annotation ids trip a bare assert, unknown category ids a KeyError."""
+    for kind, key in (("images", "image"), ("annotations", "annotation"), ("categories", "category")):
+        for i, item in enumerate(data[kind]):
+            if not isinstance(item, dict) or "id" not in item:
+                raise DataError(f"{path}: {kind}[{i}] has no 'id'")
+        dup = _first_duplicate(item["id"] for item in data[kind])
+        if dup is not None:
+            users = [str(x.get("file_name", x.get("name", i))) for i, x in enumerate(data[kind]) if x["id"] == dup]
+            raise DataError(f"{path}: {key} id {dup!r} is used more than once ({', '.join(users[:5])}); "
+                            f"{key} ids must be unique")
+    for i, im in enumerate(data["images"]):
+        missing = [k for k in ("file_name", "height", "width") if k not in im]
+        if missing:
+            raise DataError(f"{path}: image id {im['id']!r} (images[{i}]) lacks {missing}")
+    cat_ids = {c["id"] for c in data["categories"]}
+    for a in data["annotations"]:
+        if a.get("category_id") not in cat_ids:
+            raise DataError(f"{path}: annotation id {a['id']!r} has category_id {a.get('category_id')!r}, "
+                            f"not among the categories {sorted(cat_ids)}")
 
 
 def _class_names(data: dict) -> List[str]:

@@ -36,6 +36,25 @@ def _check_file(path: str) -> None:
         raise DataError(f"{path}: unknown image extension {ext!r}; expected one of {IMAGE_EXTENSIONS}")
 
 
+def _check_jpeg_complete(path: str) -> None:
+    """cv2 decodes a truncated JPEG "successfully" (the missing part grey, a warning on stderr);
+    PIL's full decode notices the missing data, so a cut-off file is an error, not a grey image."""
+    import warnings
+
+    from PIL import Image
+
+    try:
+        with warnings.catch_warnings():
+            # A huge (whole-slide) JPEG is legitimate here: cv2 already decoded it.
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(path) as im:
+                im.load()
+    except Image.DecompressionBombError:
+        return  # too large for PIL's guard; cv2's own decode is all we have
+    except OSError as e:
+        raise DataError(f"{path}: truncated or corrupt JPEG ({e})") from e
+
+
 def read_image_pages(path: str) -> List[np.ndarray]:
     """Read every page of an image file without changing its dtype.
 
@@ -65,6 +84,8 @@ def read_image_pages(path: str) -> List[np.ndarray]:
             arr = cv2.imread(path, cv2.IMREAD_UNCHANGED)
             if arr is None:
                 raise DataError(f"{path}: cannot decode image (corrupt or truncated file?)")
+            if ext in (".jpg", ".jpeg"):
+                _check_jpeg_complete(path)
             if arr.ndim == 3 and arr.shape[2] == 3:
                 arr = cv2.cvtColor(arr, cv2.COLOR_BGR2RGB)
             elif arr.ndim == 3 and arr.shape[2] == 4:
