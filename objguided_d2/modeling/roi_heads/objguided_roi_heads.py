@@ -17,6 +17,16 @@ from detectron2.modeling.roi_heads.mask_head import build_mask_head
 from detectron2.structures import BitMasks, Boxes, Instances, PolygonMasks
 from detectron2.utils.events import get_event_storage
 
+from .batched import (
+    bucket_rois,
+    check_batchable,
+    crop_masks_padded,
+    crop_rois_padded,
+    draw_refine_points,
+    mask_head_forward_padded,
+    refine_logits_padded,
+    valid_masks,
+)
 from .point_refine import roi_refine_logits
 from .roi_sampling import crop_mask_roi, crop_roi, enlarge_boxes, roi_level_sizes
 
@@ -88,7 +98,8 @@ def gt_bitmasks(instances: Instances) -> torch.Tensor:
 @ROI_HEADS_REGISTRY.register()
 class ObjGuidedROIHeads(ROIHeads):
     """Crops [c0, c1, d2, d3, d4] at each instance's enlarged box with a per-level ROI size and
-    segments it with the mask head, one ROI at a time."""
+    segments it with the mask head: in padded buckets of similar-size ROIs (``batched_seg``,
+    :mod:`.batched`) or one ROI at a time (the reference loop)."""
 
     @configurable
     def __init__(
@@ -107,6 +118,7 @@ class ObjGuidedROIHeads(ROIHeads):
         refine_importance_sample_ratio: float = 0.75,
         max_train_instances: int = 0,
         detections_per_image: int = 0,
+        batched_seg: bool = True,
         **kwargs,
     ):
         """
@@ -124,6 +136,8 @@ class ObjGuidedROIHeads(ROIHeads):
             max_train_instances: at most this many GT instances per image are segmented in
                 training (random sample; 0 = all).
             detections_per_image: keep the top-scoring detections per image at inference (0 = all).
+            batched_seg: segment ROIs in padded buckets (same results as the per-ROI loop, which
+                is used when False).
             kwargs: for :class:`ROIHeads` (``num_classes``, ...).
         """
         super().__init__(**kwargs)
@@ -142,6 +156,9 @@ class ObjGuidedROIHeads(ROIHeads):
         self.refine_importance_sample_ratio = refine_importance_sample_ratio
         self.max_train_instances = int(max_train_instances)
         self.detections_per_image = int(detections_per_image)
+        self.batched_seg = bool(batched_seg)
+        if self.batched_seg:
+            check_batchable(mask_head)
 
     @classmethod
     def from_config(cls, cfg, input_shape: Dict[str, ShapeSpec]):
@@ -170,6 +187,7 @@ class ObjGuidedROIHeads(ROIHeads):
             refine_importance_sample_ratio=og.REFINE_IMPORTANCE_SAMPLE_RATIO,
             max_train_instances=og.MAX_TRAIN_INSTANCES,
             detections_per_image=cfg.TEST.DETECTIONS_PER_IMAGE,
+            batched_seg=og.BATCHED_SEG,
         )
         return ret
 
@@ -232,6 +250,8 @@ class ObjGuidedROIHeads(ROIHeads):
     def _forward_train(
         self, feats: List[torch.Tensor], targets: List[Instances]
     ) -> Dict[str, torch.Tensor]:
+        if self.batched_seg:
+            return self._forward_train_batched(feats, targets)
         seg_losses: List[torch.Tensor] = []
         refine_logits: List[torch.Tensor] = []
         refine_labels: List[torch.Tensor] = []
@@ -269,14 +289,23 @@ class ObjGuidedROIHeads(ROIHeads):
                         refine_logits.append(ref[0])
                         refine_labels.append(ref[1])
         self._log_num_segmented(len(seg_losses), num_skipped)
+        return self._combine_losses(seg_losses, refine_logits, refine_labels)
 
+    def _combine_losses(
+        self, seg_losses: List[torch.Tensor], refine_logits: List[torch.Tensor],
+        refine_labels: List[torch.Tensor],
+    ) -> Dict[str, torch.Tensor]:
+        """Mean per-ROI BCE (``seg_losses``: scalars or (B,) per-ROI vectors) and the refinement
+        BCE over all point entries, weighted."""
+        seg_losses = [x.reshape(-1) for x in seg_losses]
+        seg_losses = [x for x in seg_losses if x.numel()]
         # A zero that still reaches every head parameter: finite, backward-able losses (and no
         # unused parameters under DDP) when an image batch has nothing to segment.
         zero = sum(p.sum() for p in self.mask_head.parameters()) * 0.0
-        loss_seg = torch.stack(seg_losses).mean() + zero if seg_losses else zero
+        loss_seg = torch.cat(seg_losses).mean() + zero if seg_losses else zero
         losses = {"loss_seg": loss_seg * self.seg_loss_weight}
         if self.refine_on:
-            if refine_logits:
+            if refine_logits and sum(x.numel() for x in refine_logits) > 0:
                 loss_ref = F.binary_cross_entropy_with_logits(
                     torch.cat(refine_logits), torch.cat(refine_labels)
                 ) + zero
@@ -284,6 +313,101 @@ class ObjGuidedROIHeads(ROIHeads):
                 loss_ref = zero
             losses["loss_refine"] = loss_ref * self.refine_loss_weight
         return losses
+
+    def _forward_train_batched(
+        self, feats: List[torch.Tensor], targets: List[Instances]
+    ) -> Dict[str, torch.Tensor]:
+        """:meth:`_forward_train` on padded buckets: same instances, same random draws (in the
+        same order), same losses up to float rounding."""
+        boxes_l, img_l, cls_l, mask_j_l, sizes_l, draws = [], [], [], [], [], []
+        gt_masks: Dict[int, torch.Tensor] = {}
+        num_skipped = 0
+        for i, t in enumerate(targets):
+            if len(t) == 0:
+                continue
+            boxes = t.gt_boxes.tensor
+            keep = torch.arange(len(t), device=boxes.device)
+            if 0 < self.max_train_instances < len(t):
+                keep = torch.randperm(len(t), device=boxes.device)[: self.max_train_instances]
+            level_sizes = roi_level_sizes(boxes[keep], self.strides, self.roi_enlarge, self.min_roi_size)
+            ok = [(j, s) for j, s in zip(keep.tolist(), level_sizes) if s]
+            num_skipped += len(level_sizes) - len(ok)
+            if not ok:
+                continue
+            js = [j for j, _ in ok]
+            gt_masks[i] = gt_bitmasks(t)
+            if self.refine_on:  # drawn per image, in ROI order: the loop's RNG sequence
+                draws.extend(draw_refine_points(
+                    [s[0] for _, s in ok], self.refine_point_divisor, self.refine_oversample_ratio))
+            js_t = torch.as_tensor(js, device=boxes.device)
+            boxes_l.append(boxes[js_t])
+            cls_l.append(t.gt_classes[js_t])
+            img_l.append(torch.full((len(js),), i, dtype=torch.int64, device=boxes.device))
+            mask_j_l.append(js_t)
+            sizes_l.extend(s for _, s in ok)
+        self._log_num_segmented(len(sizes_l), num_skipped)
+        seg_losses: List[torch.Tensor] = []
+        refine_logits: List[torch.Tensor] = []
+        refine_labels: List[torch.Tensor] = []
+        if not sizes_l:
+            return self._combine_losses(seg_losses, refine_logits, refine_labels)
+        boxes, classes = torch.cat(boxes_l), torch.cat(cls_l)
+        img, mask_j = torch.cat(img_l), torch.cat(mask_j_l)
+        for idx in bucket_rois(sizes_l):
+            out, idx_t = self._segment_bucket(feats, boxes, img, idx, [sizes_l[r] for r in idx])
+            cidx = self._class_indices(classes[idx_t])
+            logits = out.mask_logits.gather(
+                1, cidx[:, None, None, None].expand(-1, 1, *out.mask_logits.shape[-2:]))
+            target = torch.zeros(logits.shape[0], *logits.shape[-2:], device=logits.device)
+            for i in torch.unique(img[idx_t]).tolist():  # GT masks of one image at a time
+                sel = (img[idx_t] == i).nonzero().flatten()
+                target[sel] = crop_masks_padded(
+                    gt_masks[i][mask_j[idx_t[sel]]], boxes[idx_t[sel]], out.sizes[sel, 0],
+                    target.shape[-2:], enlarge=self.roi_enlarge,
+                ).to(target.dtype)
+            m0 = out.masks[0][:, 0]
+            bce = F.binary_cross_entropy_with_logits(logits[:, 0], target.to(logits.dtype),
+                                                     reduction="none")
+            seg_losses.append((bce * m0).sum(dim=(1, 2)) / m0.sum(dim=(1, 2)))
+            if self.refine_on:
+                ref = refine_logits_padded(
+                    self.mask_head.refine_head, out, logits.detach().sigmoid(), target, cidx,
+                    [draws[r] for r in idx],
+                    point_divisor=self.refine_point_divisor,
+                    oversample_ratio=self.refine_oversample_ratio,
+                    importance_sample_ratio=self.refine_importance_sample_ratio,
+                )
+                if ref is not None:
+                    refine_logits.append(ref[0])
+                    refine_labels.append(ref[1])
+        return self._combine_losses(seg_losses, refine_logits, refine_labels)
+
+    def _class_indices(self, classes: torch.Tensor) -> torch.Tensor:
+        """(B,) logit channel of each class (``mask_head.class_index``, vectorised)."""
+        if self.mask_head.num_mask_classes == 1:
+            return torch.zeros_like(classes, dtype=torch.int64)
+        return classes.long()
+
+    def _segment_bucket(
+        self, feats: List[torch.Tensor], boxes: torch.Tensor, image_index: torch.Tensor,
+        idx: List[int], sizes: List[List[Tuple[int, int]]],
+    ):
+        """Crop and segment one bucket (ROIs ``idx`` with the same number of levels).
+
+        Returns:
+            (:class:`BatchedSegOutput`, idx as an int64 tensor on the boxes' device).
+        """
+        dev = boxes.device
+        idx_t = torch.as_tensor(idx, dtype=torch.int64, device=dev)
+        sizes_t = torch.as_tensor(sizes, dtype=torch.int64, device=dev)  # (B, n, 2)
+        pads = sizes_t.amax(dim=0).tolist()  # n x (Hp, Wp)
+        b, im = boxes[idx_t], image_index[idx_t]
+        crops, masks = [], []
+        for l, pad in enumerate(pads):
+            crops.append(crop_rois_padded(feats[l], b, im, sizes_t[:, l], pad, self.strides[l],
+                                          enlarge=self.roi_enlarge))
+            masks.append(valid_masks(sizes_t[:, l], pad).to(crops[-1].dtype))
+        return mask_head_forward_padded(self.mask_head, crops, sizes_t, masks), idx_t
 
     @staticmethod
     def _log_num_segmented(num_segmented: int, num_skipped: int) -> None:
@@ -320,14 +444,10 @@ class ObjGuidedROIHeads(ROIHeads):
         boxes, scores, classes = boxes[order], scores[order], classes[order]
 
         level_sizes = roi_level_sizes(boxes, self.strides, self.roi_enlarge, self.min_roi_size)
-        probs, kept = [], []
-        for r, sizes in enumerate(level_sizes):
-            if not sizes:  # < 2 px at level 0: cannot be segmented, dropped
-                continue
-            out = self.mask_head.forward_single(self._crop_levels(feats, image_index, boxes[r], sizes))
-            c = self.mask_head.class_index(int(classes[r]))
-            probs.append(out.mask_logits[0, c].sigmoid())
-            kept.append(r)
+        if self.batched_seg:
+            probs, kept = self._predict_masks_batched(feats, image_index, boxes, classes, level_sizes)
+        else:
+            probs, kept = self._predict_masks_loop(feats, image_index, boxes, classes, level_sizes)
         kept_t = torch.as_tensor(kept, dtype=torch.int64, device=boxes.device)
         res = Instances(proposals.image_size)
         res.pred_boxes = Boxes(boxes[kept_t])
@@ -336,3 +456,32 @@ class ObjGuidedROIHeads(ROIHeads):
         res.pred_mask_probs = ROIMaskProbs(probs)
         res.pred_mask_boxes = Boxes(enlarge_boxes(boxes[kept_t], self.roi_enlarge))
         return res
+
+    def _predict_masks_batched(self, feats, image_index, boxes, classes, level_sizes):
+        """(probs, kept): the (h, w) probability map of each segmentable ROI, by increasing ROI
+        index (views into the padded bucket outputs)."""
+        kept = [r for r, s in enumerate(level_sizes) if s]
+        by_roi: Dict[int, torch.Tensor] = {}
+        img = torch.full((len(boxes),), image_index, dtype=torch.int64, device=boxes.device)
+        for idx in bucket_rois(level_sizes):
+            out, idx_t = self._segment_bucket(feats, boxes, img, idx, [level_sizes[r] for r in idx])
+            cidx = self._class_indices(classes[idx_t])
+            probs = out.mask_logits.gather(
+                1, cidx[:, None, None, None].expand(-1, 1, *out.mask_logits.shape[-2:])
+            )[:, 0].sigmoid()
+            for k, r in enumerate(idx):
+                h, w = level_sizes[r][0]
+                by_roi[r] = probs[k, :h, :w]
+        return [by_roi[r] for r in kept], kept
+
+    def _predict_masks_loop(self, feats, image_index, boxes, classes, level_sizes):
+        """The per-ROI reference of :meth:`_predict_masks_batched`."""
+        probs, kept = [], []
+        for r, sizes in enumerate(level_sizes):
+            if not sizes:  # < 2 px at level 0: cannot be segmented, dropped
+                continue
+            out = self.mask_head.forward_single(self._crop_levels(feats, image_index, boxes[r], sizes))
+            c = self.mask_head.class_index(int(classes[r]))
+            probs.append(out.mask_logits[0, c].sigmoid())
+            kept.append(r)
+        return probs, kept

@@ -1,0 +1,187 @@
+"""The batched (padded-bucket) segmentation branch equals the per-ROI loop (the oracle):
+mask probabilities, losses and gradients, on boxes of very different sizes and aspect ratios."""
+import pytest
+import torch
+import torch.nn.functional as F
+
+from detectron2.config import get_cfg
+from detectron2.layers import ShapeSpec
+from detectron2.modeling.roi_heads import build_roi_heads
+from detectron2.structures import BitMasks, Boxes, Instances
+from detectron2.utils.events import EventStorage
+
+from objguided_d2 import add_objguided_config
+from objguided_d2.modeling.roi_heads import ObjGuidedMaskHead, crop_mask_roi, roi_level_sizes
+from objguided_d2.modeling.roi_heads.batched import (
+    bucket_rois,
+    check_batchable,
+    crop_masks_padded,
+    masked_instance_norm,
+    resize_bilinear,
+    valid_masks,
+)
+
+NAMES = ["c0", "c1", "d2", "d3", "d4"]
+STRIDES = [1, 2, 4, 8, 16]
+CH = [4, 6, 8, 8, 12]
+PAD_HW = (96, 128)
+
+DEVICES = [
+    "cpu",
+    pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA")),
+]
+
+
+def make_heads(device, batched, **og):
+    cfg = add_objguided_config(get_cfg())
+    cfg.MODEL.MASK_ON = True
+    cfg.MODEL.ROI_HEADS.NAME = "ObjGuidedROIHeads"
+    cfg.MODEL.ROI_MASK_HEAD.NAME = "ObjGuidedMaskHead"
+    cfg.MODEL.ROI_HEADS.NUM_CLASSES = 2
+    cfg.MODEL.OBJGUIDED.MASK_HEAD_CHANNELS = 8
+    cfg.MODEL.OBJGUIDED.BATCHED_SEG = batched
+    for k, v in og.items():
+        setattr(cfg.MODEL.OBJGUIDED, k, v)
+    torch.manual_seed(0)
+    heads = build_roi_heads(cfg, {n: ShapeSpec(channels=c, stride=s) for n, c, s in zip(NAMES, CH, STRIDES)})
+    # Non-trivial predictions: the default init (std 0.001) makes every probability ~0.5.
+    with torch.no_grad():
+        for p in heads.mask_head.parameters():
+            p.copy_(torch.randn(p.shape, generator=torch.Generator().manual_seed(p.numel())) * 0.3)
+    return heads.to(device)
+
+
+def make_features(n, device):
+    g = torch.Generator().manual_seed(1)
+    return {name: torch.randn(n, c, PAD_HW[0] // s, PAD_HW[1] // s, generator=g).to(device).requires_grad_()
+            for name, c, s in zip(NAMES, CH, STRIDES)}
+
+
+def random_boxes(num, image_hw, seed):
+    """Boxes from 1 px (skipped) to ~70 px, aspect ratios up to ~1:15, some leaving the image."""
+    g = torch.Generator().manual_seed(seed)
+    H, W = image_hw
+    side = torch.exp(torch.rand(num, 2, generator=g) * 4.3)  # 1 .. ~74 px per side
+    ctr = torch.rand(num, 2, generator=g) * torch.tensor([W + 10.0, H + 10.0]) - 5
+    return torch.cat([ctr - side / 2, ctr + side / 2], dim=1)
+
+
+def make_targets(num, image_hw, seed):
+    H, W = image_hw
+    inst = Instances(image_hw)
+    boxes = random_boxes(num, image_hw, seed)
+    boxes[:, 0::2] = boxes[:, 0::2].clamp(0, W)
+    boxes[:, 1::2] = boxes[:, 1::2].clamp(0, H)
+    inst.gt_boxes = Boxes(boxes)
+    g = torch.Generator().manual_seed(seed + 1)
+    inst.gt_classes = torch.randint(0, 2, (num,), generator=g)
+    yy, xx = torch.meshgrid(torch.arange(H) + 0.5, torch.arange(W) + 0.5, indexing="ij")
+    c = (boxes[:, :2] + boxes[:, 2:]) / 2
+    r = ((boxes[:, 2:] - boxes[:, :2]) / 2).clamp(min=0.5)
+    inst.gt_masks = BitMasks(((xx - c[:, 0, None, None]) / r[:, 0, None, None]) ** 2
+                             + ((yy - c[:, 1, None, None]) / r[:, 1, None, None]) ** 2 <= 1)
+    return inst
+
+
+# ------------------------------------------------------------------------------ building blocks
+def test_buckets_cover_every_segmentable_roi_once():
+    sizes = roi_level_sizes(random_boxes(300, (200, 300), 3), STRIDES)
+    buckets = bucket_rois(sizes, max_elements=4000)
+    flat = sorted(r for b in buckets for r in b)
+    assert flat == [r for r, s in enumerate(sizes) if s]
+    assert any(len(s) == 0 for s in sizes) and len(buckets) > 1
+    for b in buckets:
+        assert len({len(sizes[r]) for r in b}) == 1  # one level count per bucket
+        hp = max(sizes[r][0][0] for r in b)
+        wp = max(sizes[r][0][1] for r in b)
+        assert len(b) == 1 or len(b) * hp * wp <= 4000
+
+
+def test_resize_norm_and_mask_crop_match_per_roi_ops():
+    g = torch.Generator().manual_seed(0)
+    ins = torch.tensor([[3, 7], [9, 2], [5, 5]])
+    outs = torch.tensor([[7, 15], [19, 4], [5, 11]])
+    x = torch.randn(3, 4, 9, 7, generator=g)
+    y = resize_bilinear(x, ins, outs, (19, 15))
+    m = valid_masks(outs, (19, 15))
+    z = masked_instance_norm(y * m, m)
+    for b, ((hi, wi), (ho, wo)) in enumerate(zip(ins.tolist(), outs.tolist())):
+        ref = F.interpolate(x[b : b + 1, :, :hi, :wi], size=(ho, wo), mode="bilinear", align_corners=False)
+        torch.testing.assert_close(y[b : b + 1, :, :ho, :wo], ref, rtol=0, atol=1e-5)
+        torch.testing.assert_close(z[b : b + 1, :, :ho, :wo], F.instance_norm(ref), rtol=0, atol=1e-5)
+        assert z[b, :, ho:].abs().sum() == 0 and z[b, :, :, wo:].abs().sum() == 0
+
+    boxes = torch.tensor([[3.3, 4.1, 20.7, 9.2], [0.0, 10.5, 39.0, 30.0], [30.2, 1.0, 33.9, 29.5]])
+    masks = torch.rand(3, 31, 40, generator=g) > 0.4
+    sizes = torch.tensor([s[0] for s in roi_level_sizes(boxes, [1])])
+    pad = tuple(sizes.amax(dim=0).tolist())
+    got = crop_masks_padded(masks, boxes, sizes, pad)
+    for b, (h, w) in enumerate(sizes.tolist()):
+        torch.testing.assert_close(got[b, :h, :w], crop_mask_roi(masks[b], boxes[b], (h, w)),
+                                   rtol=0, atol=1e-6)
+        assert got[b, h:].sum() == 0 and got[b, :, w:].sum() == 0
+
+
+def test_unsupported_norm_is_refused():
+    head = ObjGuidedMaskHead(in_channels=[4, 4], seg_channels=[4], num_classes=1, seg_norm="BN")
+    with pytest.raises(ValueError, match="BATCHED_SEG"):
+        check_batchable(head)
+
+
+# ------------------------------------------------------------------------------ loop == batched
+@pytest.mark.parametrize("device", DEVICES)
+def test_inference_probabilities_equal_loop(device):
+    feats = make_features(2, device)
+    props = []
+    for i, seed in enumerate((5, 6)):
+        p = Instances((90, 125))
+        boxes = random_boxes(70, (90, 125), seed)
+        boxes[:, 0::2] = boxes[:, 0::2].clamp(0, 125)
+        boxes[:, 1::2] = boxes[:, 1::2].clamp(0, 90)
+        p.proposal_boxes = Boxes(boxes.to(device))
+        p.scores = torch.rand(70, generator=torch.Generator().manual_seed(seed)).to(device)
+        p.pred_classes = torch.randint(0, 2, (70,), generator=torch.Generator().manual_seed(seed)).to(device)
+        props.append(p)
+    outs = {}
+    for batched in (False, True):
+        heads = make_heads(device, batched).eval()
+        with torch.no_grad():
+            outs[batched], _ = heads(None, feats, props)
+    for a, b in zip(outs[False], outs[True]):
+        assert 20 < len(a) < 70  # some ROIs are too small to segment
+        assert torch.equal(a.pred_boxes.tensor, b.pred_boxes.tensor)
+        assert torch.equal(a.pred_classes, b.pred_classes)
+        assert len({tuple(m.shape) for m in a.pred_mask_probs}) > 10  # really different sizes
+        spread = 0.0
+        for ma, mb in zip(a.pred_mask_probs, b.pred_mask_probs):
+            assert ma.shape == mb.shape
+            assert (ma - mb).abs().max().item() <= 1e-4
+            spread = max(spread, (ma.max() - ma.min()).item())
+        assert spread > 0.3  # the comparison is not between constant maps
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("refine_on,max_inst", [(True, 0), (True, 25), (False, 0)])
+def test_training_losses_and_gradients_equal_loop(device, refine_on, max_inst):
+    targets = [make_targets(40, (90, 125), 11).to(device), make_targets(0, (90, 125), 12).to(device),
+               make_targets(30, (80, 100), 13).to(device)]
+    res = {}
+    for batched in (False, True):
+        heads = make_heads(device, batched, REFINE_ON=refine_on, MAX_TRAIN_INSTANCES=max_inst).train()
+        feats = make_features(3, device)
+        torch.manual_seed(123)  # same randperm and refinement point draws in both paths
+        with EventStorage():
+            _, losses = heads(None, feats, [Instances(t.image_size) for t in targets], targets)
+        sum(losses.values()).backward()
+        res[batched] = (losses, feats, [p.grad.clone() for p in heads.mask_head.parameters()])
+    (la, fa, ga), (lb, fb, gb) = res[False], res[True]
+    assert set(la) == set(lb) == ({"loss_seg", "loss_refine"} if refine_on else {"loss_seg"})
+    for k in la:
+        assert la[k].item() > 0
+        assert abs(la[k].item() - lb[k].item()) <= 1e-4 * abs(la[k].item()), k
+    for n in NAMES:
+        scale = fa[n].grad.abs().max().item()
+        assert scale > 0
+        assert (fa[n].grad - fb[n].grad).abs().max().item() <= 1e-4 * scale, n
+    for a, b in zip(ga, gb):
+        assert (a - b).abs().max().item() <= 1e-4 * max(a.abs().max().item(), 1e-8)
