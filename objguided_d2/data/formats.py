@@ -46,6 +46,7 @@ from .coco_json import (
     write_json_atomic,
 )
 from .io import IMAGE_EXTENSIONS, DataError, read_image, read_image_pages, read_label_map
+from .synthetic import SPLITS
 
 __all__ = [
     "REAL_FORMATS",
@@ -60,7 +61,6 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-SPLITS = ("train", "val", "test")
 REAL_FORMATS = ("labelfolder", "dsb2018", "cvppp")
 LABEL_SUFFIXES = ("", "_label", "_labels", "_mask", "_masks")
 DEFAULT_CLASS = {"labelfolder": "object", "dsb2018": "nucleus", "cvppp": "leaf", "coco": None}

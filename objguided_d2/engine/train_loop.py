@@ -111,7 +111,26 @@ def _as_loss_dict(out):
     return {"total_loss": out} if isinstance(out, torch.Tensor) else out
 
 
-class GuardedSimpleTrainer(SimpleTrainer):
+class _NonFiniteGuardMixin:
+    """Adds a :class:`NonFiniteLossGuard` (built from keyword arguments) to a Detectron2 trainer and
+    keeps its skip counters in the trainer's checkpointed state."""
+
+    def __init__(self, model, data_loader, optimizer, *, nonfinite_loss: str = "raise",
+                 max_consecutive_skips: int = 10, **kwargs):
+        super().__init__(model, data_loader, optimizer, **kwargs)
+        self.nonfinite_guard = NonFiniteLossGuard(nonfinite_loss, max_consecutive_skips)
+
+    def state_dict(self):
+        ret = super().state_dict()
+        ret["nonfinite"] = self.nonfinite_guard.state_dict()
+        return ret
+
+    def load_state_dict(self, state_dict):
+        super().load_state_dict(state_dict)
+        self.nonfinite_guard.load_state_dict(state_dict.get("nonfinite", {}))
+
+
+class GuardedSimpleTrainer(_NonFiniteGuardMixin, SimpleTrainer):
     """``SimpleTrainer`` whose ``run_step`` checks the losses before ``backward``.
 
     Args:
@@ -119,10 +138,6 @@ class GuardedSimpleTrainer(SimpleTrainer):
         nonfinite_loss: ``"raise"`` | ``"skip"``; max_consecutive_skips: see :class:`NonFiniteLossGuard`.
     """
 
-    def __init__(self, model, data_loader, optimizer, *, nonfinite_loss: str = "raise",
-                 max_consecutive_skips: int = 10, **kwargs):
-        super().__init__(model, data_loader, optimizer, **kwargs)
-        self.nonfinite_guard = NonFiniteLossGuard(nonfinite_loss, max_consecutive_skips)
 
     def run_step(self):
         assert self.model.training, "[GuardedSimpleTrainer] model was changed to eval mode!"
@@ -145,23 +160,11 @@ class GuardedSimpleTrainer(SimpleTrainer):
             self._write_metrics(loss_dict, data_time)
         self.optimizer.step()
 
-    def state_dict(self):
-        ret = super().state_dict()
-        ret["nonfinite"] = self.nonfinite_guard.state_dict()
-        return ret
-
-    def load_state_dict(self, state_dict):
-        super().load_state_dict(state_dict)
-        self.nonfinite_guard.load_state_dict(state_dict.get("nonfinite", {}))
 
 
-class GuardedAMPTrainer(AMPTrainer):
+class GuardedAMPTrainer(_NonFiniteGuardMixin, AMPTrainer):
     """``AMPTrainer`` (CUDA mixed precision) with the same check as :class:`GuardedSimpleTrainer`."""
 
-    def __init__(self, model, data_loader, optimizer, *, nonfinite_loss: str = "raise",
-                 max_consecutive_skips: int = 10, **kwargs):
-        super().__init__(model, data_loader, optimizer, **kwargs)
-        self.nonfinite_guard = NonFiniteLossGuard(nonfinite_loss, max_consecutive_skips)
 
     def run_step(self):
         assert self.model.training, "[GuardedAMPTrainer] model was changed to eval mode!"
@@ -189,11 +192,3 @@ class GuardedAMPTrainer(AMPTrainer):
         self.grad_scaler.step(self.optimizer)
         self.grad_scaler.update()
 
-    def state_dict(self):
-        ret = super().state_dict()
-        ret["nonfinite"] = self.nonfinite_guard.state_dict()
-        return ret
-
-    def load_state_dict(self, state_dict):
-        super().load_state_dict(state_dict)
-        self.nonfinite_guard.load_state_dict(state_dict.get("nonfinite", {}))
