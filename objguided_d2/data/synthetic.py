@@ -49,7 +49,7 @@ FAMILIES = ("nuclei", "neural", "leaves")
 FAMILY_CLASSES = {"nuclei": ["nucleus"], "neural": ["cell"], "leaves": ["leaf"]}
 SPLITS = ("train", "val", "test")
 # Bump when the generator's output changes, so cached datasets are regenerated.
-GENERATOR_VERSION = 1
+GENERATOR_VERSION = 2  # 2: thin structures 4-connected (as painted annotations are)
 _MANIFEST = "manifest.json"
 _EMPTY_PROB = 0.04  # probability that an image holds no object at all
 
@@ -195,8 +195,10 @@ def _draw_branch(rng, mask, intensity, x, y, theta, length, width, step, depth, 
         nx, ny = x + step * np.cos(theta), y + step * np.sin(theta)
         wdt = max(1, int(round(width * (1 - 0.75 * s / n_steps))))  # taper towards the tip
         p0, p1 = (int(round(x * 16)), int(round(y * 16))), (int(round(nx * 16)), int(round(ny * 16)))
-        cv2.line(mask, p0, p1, 1, thickness=wdt, lineType=cv2.LINE_8, shift=4)
-        cv2.line(intensity, p0, p1, float(inten * (1 - 0.4 * s / n_steps)), thickness=wdt, lineType=cv2.LINE_8, shift=4)
+        # LINE_4: a 1-px protrusion drawn 8-connected falls apart into diagonal pieces under the
+        # 4-connectivity that defines an object's largest component (its training box).
+        cv2.line(mask, p0, p1, 1, thickness=wdt, lineType=cv2.LINE_4, shift=4)
+        cv2.line(intensity, p0, p1, float(inten * (1 - 0.4 * s / n_steps)), thickness=wdt, lineType=cv2.LINE_4, shift=4)
         x, y = nx, ny
         if depth < 2 and s > 2 and rng.random() < 0.04:
             sign = 1 if rng.random() < 0.5 else -1
@@ -310,7 +312,7 @@ def _render_leaves(rng: np.random.Generator, size: int) -> Tuple[np.ndarray, np.
         if lp >= 2:
             stalk = _bezier(start, mid, base, max(4, int(lp / 2)))
             pw = max(1, int(round(wb * rng.uniform(0.05, 0.1))))  # petiole: 1-3 px wide
-            cv2.polylines(m, [np.round(stalk * 16).astype(np.int32)], False, 1, thickness=pw, lineType=cv2.LINE_8, shift=4)
+            cv2.polylines(m, [np.round(stalk * 16).astype(np.int32)], False, 1, thickness=pw, lineType=cv2.LINE_4, shift=4)
         # Blade: teardrop along an axis that bends slightly, widest ~40 % from the base.
         axis_dir = base - mid if lp >= 2 else direction
         ang = np.arctan2(axis_dir[1], axis_dir[0]) + rng.normal(0, 0.1)
@@ -362,7 +364,36 @@ def render_sample(family: str, image_size: int, seed: int, split: str, index: in
     """
     _check_family(family)
     ss = np.random.SeedSequence([int(seed), FAMILIES.index(family), SPLITS.index(split), int(index)])
-    return _RENDERERS[family](np.random.default_rng(ss), int(image_size))
+    image, label = _RENDERERS[family](np.random.default_rng(ss), int(image_size))
+    return image, join_diagonal_pieces(label)
+
+
+def join_diagonal_pieces(label: np.ndarray) -> np.ndarray:
+    """Make thin structures 4-connected, as painted annotations are.
+
+    A 1-px protrusion rasterised at an angle touches itself only at pixel corners; under the
+    4-connectivity that defines an object's largest component (its training box, method card §3)
+    it would fall apart into dozens of pieces. Wherever two pixels of one object meet only
+    diagonally, one of the two shared-corner pixels is added to it if it is background.
+
+    Args:
+        label: (H, W) instance map, 0 = background. Returns a new map.
+    """
+    label = label.copy()
+    for _ in range(2):  # a second pass joins corners created by the first
+        for a, b, c, d in (  # diagonal (a, b) with corners (c, d), anti-diagonal likewise
+            ((slice(None, -1), slice(None, -1)), (slice(1, None), slice(1, None)),
+             (slice(None, -1), slice(1, None)), (slice(1, None), slice(None, -1))),
+            ((slice(None, -1), slice(1, None)), (slice(1, None), slice(None, -1)),
+             (slice(None, -1), slice(None, -1)), (slice(1, None), slice(1, None))),
+        ):
+            la, lb, lc, ld = label[a], label[b], label[c], label[d]
+            gap = (la > 0) & (la == lb) & (lc != la) & (ld != la)
+            fill_c = gap & (lc == 0)
+            lc[fill_c] = la[fill_c]  # views into ``label``
+            fill_d = gap & ~fill_c & (ld == 0)
+            ld[fill_d] = la[fill_d]
+    return label
 
 
 def _check_family(family: str) -> None:

@@ -140,3 +140,35 @@ def test_bad_arguments():
         render_sample("cats", 64, 0, "train", 0)
     with pytest.raises(ValueError, match="num_train"):
         generate_synthetic_dataset("nuclei", "/nonexistent/never", num_train=-1)
+
+
+def test_join_diagonal_pieces_makes_thin_lines_4_connected():
+    import cv2
+
+    from objguided_d2.data.synthetic import join_diagonal_pieces
+
+    label = np.zeros((20, 20), np.uint16)
+    for i in range(15):
+        label[2 + i, 3 + i] = 7  # a 1-px diagonal line: 15 pieces under 4-connectivity
+    label[10, 2] = 3  # another object's pixel is never overwritten
+    joined = join_diagonal_pieces(label)
+    n4, _ = cv2.connectedComponents((joined == 7).astype(np.uint8), connectivity=4)
+    assert n4 - 1 == 1
+    assert (joined[label > 0] == label[label > 0]).all() and joined[10, 2] == 3
+    assert set(np.unique(joined)) == {0, 3, 7}
+
+
+def test_neural_cells_are_mostly_one_4_connected_piece():
+    import cv2
+
+    from objguided_d2.data.synthetic import render_sample
+
+    fractions = []
+    for i in range(4):
+        _, label = render_sample("neural", 128, 0, "train", i)
+        for k in set(np.unique(label).tolist()) - {0}:
+            m = (label == k).astype(np.uint8)
+            _, lab, stats, _ = cv2.connectedComponentsWithStats(m, connectivity=4)
+            fractions.append(stats[1:, 4].max() / m.sum())
+    # occlusion by neighbours may still cut a cell, but most of each cell is one 4-connected piece
+    assert np.median(fractions) > 0.9
