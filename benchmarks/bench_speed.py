@@ -199,6 +199,8 @@ def run_worker(job: dict) -> dict:
         res["peak_mem_mb"] = torch.cuda.max_memory_allocated() / 2**20
     else:
         res["peak_mem_mb"] = _peak_rss_mb() - rss0
+    # The machine may be shared: the 1-minute load average right after the timed calls.
+    res["load1"] = round(os.getloadavg()[0], 2)
     if job["train"]:
         from detectron2.structures import BitMasks, Boxes, Instances
 
@@ -283,6 +285,7 @@ def main(argv=None):
     print(f"command: {' '.join([os.path.basename(sys.executable), *sys.argv])}")
     print(f"objects {objects}, sizes {args.sizes}, repeats {repeats} (median), warm-up {warmup}, "
           f"train step at {train_objects} objects (ours*, mask_rcnn)", flush=True)
+    print(f"load average at start (1/5/15 min): {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
     rows = []
     t_start = time.time()
     for size in args.sizes:
@@ -295,8 +298,10 @@ def main(argv=None):
                 r = spawn(job, args.timeout)
                 rows.append(r)
                 print(f"  measured {name:12s} size {size} objects {num:4d}: "
-                      f"{r['latency_s']:.3f} s/img ({time.time() - t_start:.0f} s elapsed)", flush=True)
+                      f"{r['latency_s']:.3f} s/img, load {r.get('load1', float('nan')):.2f} "
+                      f"({time.time() - t_start:.0f} s elapsed)", flush=True)
     print_table(rows)
+    print(f"load average at end (1/5/15 min): {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"env": versions(args.device, args.threads), "rows": rows}, f, indent=1)

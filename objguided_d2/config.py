@@ -107,8 +107,8 @@ def add_objguided_config(cfg: CN) -> CN:
     # Default 500: never triggers on the paper's datasets (<= ~375 nuclei per image) but bounds
     # time and memory on pathological images with thousands of objects.
     og.MAX_TRAIN_INSTANCES = 500
-    # Segment ROIs in padded buckets of similar size (masked InstanceNorm; same results as the
-    # paper's one-ROI-at-a-time loop, which False selects as the reference). Speed only.
+    # Segment all ROIs at once on one zero-separated canvas per level (per-ROI InstanceNorm; same
+    # results as the paper's one-ROI-at-a-time loop, which False selects as the reference). Speed only.
     og.BATCHED_SEG = True
 
     # ------------------------------------------ auxiliary point refinement (method card §4)

@@ -185,3 +185,97 @@ def test_training_losses_and_gradients_equal_loop(device, refine_on, max_inst):
         assert (fa[n].grad - fb[n].grad).abs().max().item() <= 1e-4 * scale, n
     for a, b in zip(ga, gb):
         assert (a - b).abs().max().item() <= 1e-4 * max(a.abs().max().item(), 1e-8)
+
+
+# ------------------------------------------------------------------------------ canvas packing
+def test_canvas_layout_separates_rois_and_orders_levels():
+    from objguided_d2.modeling.roi_heads.canvas import pack_canvas
+
+    sizes = [s for s in roi_level_sizes(random_boxes(120, (200, 300), 7), STRIDES) if s]
+    layout = pack_canvas(sizes)
+    for l, lay in enumerate(layout.levels):
+        n = len(lay.rois)
+        assert n == sum(len(s) > l for s in sizes)
+        occ = torch.full((lay.height + 1, lay.width + 1), -1)
+        for k in range(n):
+            y, x, h, w = (int(t[k]) for t in (lay.y0, lay.x0, lay.h, lay.w))
+            assert (h, w) == tuple(sizes[int(lay.rois[k])][l])
+            # the ROI grown by one pixel (its zero border) overlaps no other ROI
+            assert (occ[max(y - 1, 0) : y + h + 1, max(x - 1, 0) : x + w + 1] == -1).all()
+            occ[y : y + h, x : x + w] = k
+            assert int(layout.slots[int(lay.rois[k]), l]) == k
+            # merged ROIs (with a deeper level) first, inside rows [0, merged_rows)
+            merged = len(sizes[int(lay.rois[k])]) > l + 1
+            assert merged == (k < lay.num_merged)
+            assert (y + h <= lay.merged_rows) if merged else (y >= lay.merged_rows + (lay.num_merged > 0))
+        assert int(lay.mask.sum()) == sum(h * w for h, w in zip(lay.h.tolist(), lay.w.tolist()))
+        if l + 1 < len(layout.levels):
+            assert set(lay.rois[: lay.num_merged].tolist()) == set(layout.levels[l + 1].rois.tolist())
+
+
+def test_segment_instance_norm_matches_per_roi_instance_norm():
+    from objguided_d2.modeling.roi_heads.canvas import pack_canvas, segment_instance_norm
+
+    sizes = [[(h, w)] for h, w in [(3, 7), (9, 2), (5, 5), (12, 4), (2, 2), (7, 9)]]
+    lay = pack_canvas(sizes).levels[0]
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(1, 3, lay.height, lay.width, generator=g) * 4 + 3  # garbage in the gaps
+    y = segment_instance_norm(x.clone(), lay, lay.height)
+    assert (y * (1 - lay.mask)).abs().sum() == 0
+    for k in range(len(lay.rois)):
+        ys, xs, h, w = (int(t[k]) for t in (lay.y0, lay.x0, lay.h, lay.w))
+        ref = F.instance_norm(x[:, :, ys : ys + h, xs : xs + w])
+        torch.testing.assert_close(y[:, :, ys : ys + h, xs : xs + w], ref, rtol=0, atol=1e-5)
+
+
+@pytest.mark.parametrize("og", [{}, {"SEG_CHANNELS": [6, 5, 7, 9]}])
+def test_single_image_training_and_entry_convs_equal_loop(og):
+    """One image (the canvas crops straight from its maps) and, with custom SEG_CHANNELS,
+    1x1 entry convs for ROIs whose deepest level is shallower than the head's."""
+    targets = [make_targets(35, (90, 125), 21)]
+    res = {}
+    for batched in (False, True):
+        heads = make_heads("cpu", batched, **og).train()
+        feats = {k: v[:1].detach().requires_grad_() for k, v in make_features(1, "cpu").items()}
+        torch.manual_seed(7)
+        with EventStorage():
+            _, losses = heads(None, feats, [Instances(t.image_size) for t in targets], targets)
+        sum(losses.values()).backward()
+        res[batched] = (losses, feats, [p.grad.clone() for p in heads.mask_head.parameters()])
+        heads.eval()
+        p = Instances((90, 125))
+        p.proposal_boxes = targets[0].gt_boxes
+        p.scores = torch.linspace(1, 0.1, 35)
+        p.pred_classes = targets[0].gt_classes
+        with torch.no_grad():
+            res[batched] += (heads(None, feats, [p])[0][0],)
+    (la, fa, ga, ia), (lb, fb, gb, ib) = res[False], res[True]
+    for k in la:
+        assert abs(la[k].item() - lb[k].item()) <= 1e-4 * abs(la[k].item()), k
+    for n in NAMES:
+        scale = fa[n].grad.abs().max().item()
+        assert scale > 0
+        assert (fa[n].grad - fb[n].grad).abs().max().item() <= 1e-4 * scale, n
+    for a, b in zip(ga, gb):
+        assert (a - b).abs().max().item() <= 1e-4 * max(a.abs().max().item(), 1e-8)
+    assert len(ia) == len(ib) > 20
+    for ma, mb in zip(ia.pred_mask_probs, ib.pred_mask_probs):
+        assert ma.shape == mb.shape and (ma - mb).abs().max().item() <= 1e-4
+
+
+def test_paste_pixels_and_mask_nms_from_pixels_match_full_masks():
+    from objguided_d2.modeling.meta_arch import mask_nms
+    from objguided_d2.modeling.roi_heads import paste_roi_masks
+
+    g = torch.Generator().manual_seed(3)
+    boxes = random_boxes(40, (60, 80), 9)
+    maps = [torch.rand(int(h) + 2, int(w) + 2, generator=g)
+            for w, h in (boxes[:, 2:] - boxes[:, :2]).clamp(min=1).tolist()]
+    masks, (inst, flat) = paste_roi_masks(maps, boxes, (60, 80), 0.3, return_pixels=True)
+    ref_inst, ref_flat = masks.reshape(40, -1).nonzero(as_tuple=True)
+    got = sorted(zip(inst.tolist(), flat.tolist()))
+    assert got == sorted(zip(ref_inst.tolist(), ref_flat.tolist())) and len(got) > 100
+    scores = torch.rand(40, generator=g)
+    keep_full = mask_nms(masks, scores, 0.2)
+    keep_pix = mask_nms(masks[:0], scores, 0.2, pixels=(inst, flat))
+    assert torch.equal(keep_full, keep_pix) and 0 < len(keep_full) < 40

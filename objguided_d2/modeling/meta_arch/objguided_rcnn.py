@@ -8,7 +8,7 @@
 
 Shapes: R instances, (H, W) output (original) image size.
 """
-from typing import Dict, List, Optional
+from typing import Dict, List, Optional, Tuple
 
 import numpy as np
 import torch
@@ -26,6 +26,7 @@ __all__ = ["ObjGuidedRCNN", "mask_nms", "postprocess_instances"]
 def mask_nms(
     masks: torch.Tensor, scores: torch.Tensor, iou_threshold: float,
     classes: Optional[torch.Tensor] = None,
+    pixels: Optional[Tuple[torch.Tensor, torch.Tensor]] = None,
 ) -> torch.Tensor:
     """Greedy mask NMS: visiting masks by decreasing score, drop one whose IoU with an already
     kept mask (of the same class, when ``classes`` is given) exceeds ``iou_threshold``.
@@ -33,22 +34,30 @@ def mask_nms(
     IoUs come from a sparse product (cost ~ overlapping pixels, not R^2 * H * W).
 
     Args:
-        masks: (R, H, W) bool.
+        masks: (R, H, W) bool; with ``pixels`` only its (H, W) is read (any leading size).
         scores: (R,).
         classes: (R,) int or None (class-agnostic).
+        pixels: the masks' foreground as (mask index (M,), y * W + x (M,)) when already known
+            (``paste_roi_masks(..., return_pixels=True)``): saves a scan of the full masks.
     Returns:
         (R',) int64 indices of the kept masks, by decreasing score.
     """
     import scipy.sparse
 
-    R = masks.shape[0]
+    R = len(scores)
+    if pixels is None and masks.shape[0] != R:
+        raise ValueError(f"mask_nms: {masks.shape[0]} masks but {R} scores")
     order = torch.argsort(scores, descending=True)
     if R <= 1:
         return order
-    flat = masks.reshape(R, -1).cpu()
-    rows, cols = flat.nonzero(as_tuple=True)
+    if pixels is None:
+        rows, cols = masks.reshape(R, -1).nonzero(as_tuple=True)
+    else:
+        rows, cols = pixels
+    rows, cols = rows.cpu().numpy(), cols.cpu().numpy()
     m = scipy.sparse.csr_matrix(
-        (np.ones(len(rows), dtype=np.float32), (rows.numpy(), cols.numpy())), shape=flat.shape
+        (np.ones(len(rows), dtype=np.float32), (rows, cols)),
+        shape=(R, masks.shape[-2] * masks.shape[-1]),
     )
     inter = np.asarray((m @ m.T).todense())
     area = np.diag(inter)
@@ -99,16 +108,26 @@ def postprocess_instances(
     boxes.clip((out_h, out_w))
     scale = boxes.tensor.new_tensor([sx, sy, sx, sy])
     grid_boxes = results.pred_mask_boxes.tensor * scale
-    masks = paste_roi_masks(list(results.pred_mask_probs), grid_boxes, (out_h, out_w), mask_threshold)
-    keep = masks.flatten(1).any(dim=1).nonzero().flatten()
+    masks, (pix_inst, pix_flat) = paste_roi_masks(
+        list(results.pred_mask_probs), grid_boxes, (out_h, out_w), mask_threshold,
+        return_pixels=True)
+    R = len(masks)
+    area = torch.bincount(pix_inst, minlength=R)
+    keep = (area > 0).nonzero().flatten()
     if mask_nms_thresh > 0 and len(keep) > 1:
-        sub = mask_nms(masks[keep], results.scores[keep], mask_nms_thresh, results.pred_classes[keep])
+        # The kept masks' pixels, renumbered 0..len(keep)-1 (no copy or scan of full masks).
+        new_id = torch.full((R,), -1, dtype=torch.int64, device=pix_inst.device)
+        new_id[keep.to(new_id.device)] = torch.arange(len(keep), device=new_id.device)
+        sub = mask_nms(masks[:0], results.scores[keep], mask_nms_thresh, results.pred_classes[keep],
+                       pixels=(new_id[pix_inst], pix_flat)) if len(keep) else keep
         keep = keep[sub.to(keep.device)]
     out = Instances((out_h, out_w))
     out.pred_boxes = boxes[keep]
     out.scores = results.scores[keep]
     out.pred_classes = results.pred_classes[keep]
-    out.pred_masks = masks[keep]
+    # Skip the copy of the full masks when nothing was dropped (and the order is unchanged).
+    unchanged = len(keep) == R and bool((keep == torch.arange(R, device=keep.device)).all())
+    out.pred_masks = masks if unchanged else masks[keep]
     return out
 
 

@@ -1,45 +1,31 @@
-"""Batched variable-size ROI segmentation: the same maths as the per-ROI loop
-(``ObjGuidedMaskHead.forward_single``, ``roi_refine_logits``), many ROIs per call.
+"""Helpers of the batched ROI segmentation (``MODEL.OBJGUIDED.BATCHED_SEG``) and the padded
+"size bucket" building blocks of its first version.
 
-ROIs are grouped into *buckets*: same number of levels, level-0 sizes in the same geometric size
-bin (:func:`size_bins`). Inside a bucket each level is zero-padded to the bucket's largest ROI
-(bottom / right), and every operation is made blind to the padding:
+The batched path itself now packs every level's ROIs into one canvas (:mod:`.canvas`); from
+here it uses :func:`check_batchable` and :func:`draw_refine_points`. The padded-batch functions
+(:func:`bucket_rois`, :func:`valid_masks`, :func:`crop_masks_padded`, :func:`resize_bilinear`,
+:func:`masked_instance_norm`) are kept as small, tested references of the same per-ROI rules
+(ROI grid crops, PyTorch's bilinear resize, InstanceNorm over valid pixels) for padded batches.
 
-- crops: one ``grid_sample`` per level and image on the concatenated ROI grids (identical grid
-  values to :func:`crop_roi`), padding zeroed;
-- 3x3 convs: their input is zero outside the ROI, which is exactly the zero "same" padding the
-  per-ROI conv sees at the ROI border;
-- InstanceNorm: statistics over the valid pixels only (:func:`masked_instance_norm`);
-- bilinear resizing of the deep input of each S module: per-ROI source indices and weights
-  (PyTorch's ``align_corners=False`` rule) gathered from the padded map (:func:`resize_bilinear`);
-- losses: per-ROI means over valid pixels / valid points.
-
-Shapes: B ROIs of a bucket, (Hp_i, Wp_i) the bucket's padded size at level i, (h_i, w_i) an ROI's
-own size, C channels, K mask classes, P points.
+Shapes: B ROIs of a bucket, (Hp, Wp) padded size, (h, w) an ROI's own size, C channels.
 """
 import math
-from dataclasses import dataclass
 from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from .point_refine import calculate_uncertainty, num_refine_points
+from .point_refine import num_refine_points
 from .roi_sampling import enlarge_boxes
 
 __all__ = [
     "size_bins",
     "bucket_rois",
     "valid_masks",
-    "crop_rois_padded",
     "crop_masks_padded",
     "resize_bilinear",
     "masked_instance_norm",
-    "BatchedSegOutput",
-    "mask_head_forward_padded",
     "draw_refine_points",
-    "refine_logits_padded",
     "check_batchable",
 ]
 
@@ -118,53 +104,6 @@ def _axis_grids(lo, hi, n, pad, extent):
     x = lo[:, None] + (hi - lo)[:, None] * t
     g = 2.0 * x / extent - 1.0
     return g, (x >= 0) & (x <= extent)
-
-
-def crop_rois_padded(
-    feature: torch.Tensor,
-    boxes: torch.Tensor,
-    image_index: torch.Tensor,
-    sizes: torch.Tensor,
-    pad_hw: Tuple[int, int],
-    stride: float,
-    *,
-    enlarge: float = 1.1,
-) -> torch.Tensor:
-    """Batched :func:`crop_roi`: each ROI sampled on its own grid, zero-padded to ``pad_hw``.
-
-    Args:
-        feature: (N, C, H, W) at ``stride``.
-        boxes: (B, 4) XYXY input pixels before enlargement.
-        image_index: (B,) int64 image of each box.
-        sizes: (B, 2) int64 (h, w) ROI sizes at this level, <= ``pad_hw``.
-    Returns:
-        (B, C, Hp, Wp); equal to ``crop_roi`` on each ROI's (h, w) window, 0 elsewhere.
-    """
-    hp, wp = int(pad_hw[0]), int(pad_hw[1])
-    B = boxes.shape[0]
-    fh, fw = feature.shape[-2:]
-    eb = enlarge_boxes(boxes.double(), enlarge)
-    gx, in_x = _axis_grids(eb[:, 0], eb[:, 2], sizes[:, 1], wp, stride * fw)
-    gy, in_y = _axis_grids(eb[:, 1], eb[:, 3], sizes[:, 0], hp, stride * fh)
-    grid = torch.stack(
-        [gx[:, None, :].expand(B, hp, wp), gy[:, :, None].expand(B, hp, wp)], dim=-1
-    ).to(feature.dtype)  # (B, Hp, Wp, 2)
-    # One grid_sample per image: the ROI grids are stacked along the height of a single grid.
-    images = torch.unique(image_index).tolist()
-    parts, order = [], []
-    for i in images:
-        sel = (image_index == i).nonzero().flatten() if len(images) > 1 else None
-        g = (grid if sel is None else grid[sel]).reshape(1, -1, wp, 2)
-        s = F.grid_sample(feature[i : i + 1], g, mode="bilinear", padding_mode="border",
-                          align_corners=False)  # (1, C, b*Hp, Wp)
-        parts.append(s[0].reshape(s.shape[1], -1, hp, wp).transpose(0, 1))
-        if sel is not None:
-            order.append(sel)
-    out = parts[0] if len(parts) == 1 else torch.cat(parts)
-    if order:  # back to the ROIs' order
-        out = out[torch.argsort(torch.cat(order))]
-    keep = (in_y[:, :, None] & in_x[:, None, :]) & valid_masks(sizes, (hp, wp))[:, 0].bool()
-    return out * keep[:, None].to(out.dtype)
 
 
 def crop_masks_padded(
@@ -270,22 +209,6 @@ def masked_instance_norm(x: torch.Tensor, mask: torch.Tensor, eps: float = 1e-5)
     return d * torch.rsqrt(var + eps)
 
 
-def _conv_masked(conv: nn.Module, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """A Detectron2 ``Conv2d`` (conv -> norm -> activation) on a zero-padded batch, the norm
-    (InstanceNorm or none) restricted to the valid pixels. ``x`` must be 0 in the padding."""
-    y = F.conv2d(x, conv.weight, conv.bias, conv.stride, conv.padding, conv.dilation, conv.groups)
-    norm = getattr(conv, "norm", None)
-    if isinstance(norm, nn.InstanceNorm2d):
-        y = masked_instance_norm(y, mask, norm.eps)
-    elif norm is not None:
-        raise ValueError(f"batched ROI segmentation supports InstanceNorm or no norm, got {norm}")
-    act = getattr(conv, "activation", None)
-    if act is not None:
-        y = act(y)
-    # Masked InstanceNorm already zeroes the padding (and ReLU keeps 0 at 0).
-    return y if isinstance(norm, nn.InstanceNorm2d) else y * mask
-
-
 def check_batchable(mask_head: nn.Module) -> None:
     """Raise a clear error when ``mask_head`` uses a layer the padded path cannot reproduce."""
     for name, m in mask_head.named_modules():
@@ -295,55 +218,6 @@ def check_batchable(mask_head: nn.Module) -> None:
         if isinstance(m, (nn.BatchNorm2d, nn.GroupNorm)) or type(m).__name__ == "FrozenBatchNorm2d":
             raise ValueError(f"MODEL.OBJGUIDED.BATCHED_SEG: {name} ({type(m).__name__}) mixes "
                              "ROIs; set BATCHED_SEG False for this norm")
-
-
-@dataclass
-class BatchedSegOutput:
-    """The segmentation branch's outputs for one bucket (padded; see :class:`MaskHeadOutput`).
-
-    mask_logits: (B, K, Hp_0, Wp_0), 0 in the padding.
-    e1: (B, C_e1, Hp_0, Wp_0).
-    e2: (B, C_e2, Hp_1, Wp_1) or None when the bucket's ROIs have a single level.
-    masks: per level (B, 1, Hp_i, Wp_i) validity.
-    sizes: (B, L_b, 2) int64 per-level ROI sizes.
-    """
-
-    mask_logits: torch.Tensor
-    e1: torch.Tensor
-    e2: Optional[torch.Tensor]
-    masks: List[torch.Tensor]
-    sizes: torch.Tensor
-
-
-def mask_head_forward_padded(
-    head: nn.Module, crops: List[torch.Tensor], sizes: torch.Tensor, masks: List[torch.Tensor]
-) -> BatchedSegOutput:
-    """``ObjGuidedMaskHead.forward_single`` for a bucket of ROIs with the same number of levels.
-
-    Args:
-        head: an ``ObjGuidedMaskHead``.
-        crops: levels 0..n-1, each (B, C_i, Hp_i, Wp_i), zero in the padding.
-        sizes: (B, n, 2) int64 ROI sizes per level.
-        masks: levels 0..n-1 validity (B, 1, Hp_i, Wp_i).
-    """
-    n = len(crops)
-    if not 1 <= n <= head.num_levels:
-        raise ValueError(f"mask_head_forward_padded: got {n} levels, expected 1..{head.num_levels}")
-    entry = head.entry[n - 1]
-    x = crops[n - 1] if isinstance(entry, nn.Identity) else entry(crops[n - 1]) * masks[n - 1]
-    e2 = x if n == 2 else None
-    for i in range(n - 2, -1, -1):
-        m = head.merges[i]
-        skip = crops[i]
-        up = resize_bilinear(x, sizes[:, i + 1], sizes[:, i], skip.shape[-2:]) * masks[i]
-        up = _conv_masked(m.up_conv, up, masks[i])
-        x = _conv_masked(m.cat_conv, torch.cat([skip, up], dim=1), masks[i])
-        if i == 1:
-            e2 = x
-    e1 = x
-    h = _conv_masked(head.mask_fcn, e1, masks[0])
-    logits = _conv_masked(head.predictor, h, masks[0])
-    return BatchedSegOutput(mask_logits=logits, e1=e1, e2=e2, masks=masks, sizes=sizes)
 
 
 def draw_refine_points(
@@ -375,83 +249,3 @@ def draw_refine_points(
         out.append(draws[start : start + c])
         start += c
     return out
-
-
-def _sample_padded(maps: torch.Tensor, sizes: torch.Tensor, coords: torch.Tensor) -> torch.Tensor:
-    """``point_sample`` on padded ROI maps: box-normalised (x, y) -> each ROI's own cells.
-
-    Args:
-        maps: (B, C, Hp, Wp); sizes: (B, 2) (h, w); coords: (B, P, 2) in [0, 1].
-    Returns:
-        (B, C, P).
-    """
-    hp, wp = maps.shape[-2:]
-    sx = (sizes[:, 1] - 1).to(coords.dtype) / max(wp - 1, 1)
-    sy = (sizes[:, 0] - 1).to(coords.dtype) / max(hp - 1, 1)
-    g = torch.stack([coords[..., 0] * sx[:, None], coords[..., 1] * sy[:, None]], dim=-1)
-    grid = (2.0 * g - 1.0).to(maps.dtype)[:, :, None, :]
-    return F.grid_sample(maps, grid, mode="bilinear", align_corners=True)[..., 0]
-
-
-def refine_logits_padded(
-    refine_head: nn.Module,
-    out: BatchedSegOutput,
-    mask_probs: torch.Tensor,
-    targets: torch.Tensor,
-    class_index: torch.Tensor,
-    draws: Sequence[Optional[torch.Tensor]],
-    *,
-    point_divisor: int,
-    oversample_ratio: float,
-    importance_sample_ratio: float,
-) -> Optional[Tuple[torch.Tensor, torch.Tensor]]:
-    """``roi_refine_logits`` for a bucket: uncertain-point selection, point features of e1 / e2,
-    the two heads, soft labels.
-
-    Args:
-        out: the bucket's :class:`BatchedSegOutput`.
-        mask_probs: (B, 1, Hp_0, Wp_0) predicted probabilities of each ROI's class (detached).
-        targets: (B, Hp_0, Wp_0) GT ROI masks.
-        class_index: (B,) int64 logit channel of each ROI.
-        draws: per ROI its uniform (k*N, 2) draw (:func:`draw_refine_points`) or None.
-    Returns:
-        (logits (M,), labels (M,)) over the bucket's entries (e1 head first, then the e12 head),
-        or None when no ROI has points. Same multiset of entries as the per-ROI loop.
-    """
-    dev = mask_probs.device
-    sizes0 = out.sizes[:, 0]
-    B = len(draws)
-    drawn, kept = [], []
-    for (h, w), d in zip(sizes0.tolist(), draws):
-        n = num_refine_points(h, w, point_divisor)
-        nd = 0 if d is None else len(d)
-        drawn.append(nd)
-        kept.append(min(int(importance_sample_ratio * n), nd) if nd else 0)
-    if max(kept, default=0) == 0:
-        return None
-    dmax = max(drawn)
-    coords = torch.zeros((B, dmax, 2), dtype=torch.float32)
-    for b, d in enumerate(draws):
-        if d is not None and len(d):
-            coords[b, : len(d)] = d
-    coords = coords.to(dev)
-    drawn_t = torch.as_tensor(drawn, device=dev)
-    kept_t = torch.as_tensor(kept, device=dev)
-    slot = torch.arange(dmax, device=dev)[None]
-    # Uncertainty at the drawn points; padding slots rank last.
-    u = calculate_uncertainty(_sample_padded(mask_probs.float(), sizes0, coords))[:, 0]
-    u = torch.where(slot < drawn_t[:, None], u, torch.full_like(u, -float("inf")))
-    kmax = max(kept)
-    top = torch.topk(u, k=kmax, dim=1).indices  # (B, kmax), most uncertain first
-    pts = coords.gather(1, top[:, :, None].expand(B, kmax, 2))
-    valid = torch.arange(kmax, device=dev)[None] < kept_t[:, None]  # (B, kmax)
-
-    e1_pts = _sample_padded(out.e1, sizes0, pts)
-    e2_pts = _sample_padded(out.e2, out.sizes[:, 1], pts) if out.e2 is not None else None
-    labels = _sample_padded(targets[:, None].to(out.e1.dtype), sizes0, pts)[:, 0]  # (B, kmax)
-    idx = class_index[:, None, None].expand(B, 1, kmax)
-    logits, labs = [], []
-    for lg in refine_head(e1_pts, e2_pts):  # (B, K, kmax) each
-        logits.append(lg.gather(1, idx)[:, 0][valid])
-        labs.append(labels[valid])
-    return torch.cat(logits), torch.cat(labs)

@@ -17,17 +17,15 @@ from detectron2.modeling.roi_heads.mask_head import build_mask_head
 from detectron2.structures import BitMasks, Boxes, Instances, PolygonMasks
 from detectron2.utils.events import get_event_storage
 
-from .batched import (
-    bucket_rois,
-    check_batchable,
-    crop_masks_padded,
-    crop_rois_padded,
-    draw_refine_points,
-    mask_head_forward_padded,
-    refine_logits_padded,
-    valid_masks,
+from .batched import check_batchable, draw_refine_points
+from .canvas import (
+    class_logits_at_pixels,
+    crop_masks_at_pixels,
+    mask_head_forward_canvas,
+    pack_canvas,
+    refine_logits_canvas,
 )
-from .point_refine import roi_refine_logits
+from .point_refine import num_refine_points, roi_refine_logits
 from .roi_sampling import crop_mask_roi, crop_roi, enlarge_boxes, roi_level_sizes
 
 __all__ = ["ObjGuidedROIHeads", "ROIMaskProbs", "gt_bitmasks"]
@@ -98,8 +96,8 @@ def gt_bitmasks(instances: Instances) -> torch.Tensor:
 @ROI_HEADS_REGISTRY.register()
 class ObjGuidedROIHeads(ROIHeads):
     """Crops [c0, c1, d2, d3, d4] at each instance's enlarged box with a per-level ROI size and
-    segments it with the mask head: in padded buckets of similar-size ROIs (``batched_seg``,
-    :mod:`.batched`) or one ROI at a time (the reference loop)."""
+    segments it with the mask head: all ROIs at once, packed into one zero-separated canvas per
+    level (``batched_seg``, :mod:`.canvas`), or one ROI at a time (the reference loop)."""
 
     @configurable
     def __init__(
@@ -136,8 +134,8 @@ class ObjGuidedROIHeads(ROIHeads):
             max_train_instances: at most this many GT instances per image are segmented in
                 training (random sample; 0 = all).
             detections_per_image: keep the top-scoring detections per image at inference (0 = all).
-            batched_seg: segment ROIs in padded buckets (same results as the per-ROI loop, which
-                is used when False).
+            batched_seg: segment all ROIs at once on per-level canvases (same results as the
+                per-ROI loop, which is used when False).
             kwargs: for :class:`ROIHeads` (``num_classes``, ...).
         """
         super().__init__(**kwargs)
@@ -317,8 +315,8 @@ class ObjGuidedROIHeads(ROIHeads):
     def _forward_train_batched(
         self, feats: List[torch.Tensor], targets: List[Instances]
     ) -> Dict[str, torch.Tensor]:
-        """:meth:`_forward_train` on padded buckets: same instances, same random draws (in the
-        same order), same losses up to float rounding."""
+        """:meth:`_forward_train` on per-level canvases (:mod:`.canvas`): same instances, same
+        random draws (in the same order), same losses up to float rounding."""
         boxes_l, img_l, cls_l, mask_j_l, sizes_l, draws = [], [], [], [], [], []
         gt_masks: Dict[int, torch.Tensor] = {}
         num_skipped = 0
@@ -353,30 +351,38 @@ class ObjGuidedROIHeads(ROIHeads):
             return self._combine_losses(seg_losses, refine_logits, refine_labels)
         boxes, classes = torch.cat(boxes_l), torch.cat(cls_l)
         img, mask_j = torch.cat(img_l), torch.cat(mask_j_l)
-        for idx in bucket_rois(sizes_l):
-            out, idx_t = self._segment_bucket(feats, boxes, img, idx, [sizes_l[r] for r in idx])
-            cidx = self._class_indices(classes[idx_t])
-            logits = out.mask_logits.gather(
-                1, cidx[:, None, None, None].expand(-1, 1, *out.mask_logits.shape[-2:]))
-            target = torch.zeros(logits.shape[0], *logits.shape[-2:], device=logits.device)
-            for i in torch.unique(img[idx_t]).tolist():  # GT masks of one image at a time
-                sel = (img[idx_t] == i).nonzero().flatten()
-                target[sel] = crop_masks_padded(
-                    gt_masks[i][mask_j[idx_t[sel]]], boxes[idx_t[sel]], out.sizes[sel, 0],
-                    target.shape[-2:], enlarge=self.roi_enlarge,
-                ).to(target.dtype)
-            m0 = out.masks[0][:, 0]
-            bce = F.binary_cross_entropy_with_logits(logits[:, 0], target.to(logits.dtype),
-                                                     reduction="none")
-            seg_losses.append((bce * m0).sum(dim=(1, 2)) / m0.sum(dim=(1, 2)))
-            if self.refine_on:
-                ref = refine_logits_padded(
-                    self.mask_head.refine_head, out, logits.detach().sigmoid(), target, cidx,
-                    [draws[r] for r in idx],
-                    point_divisor=self.refine_point_divisor,
-                    oversample_ratio=self.refine_oversample_ratio,
-                    importance_sample_ratio=self.refine_importance_sample_ratio,
-                )
+        dev = boxes.device
+        layout = pack_canvas(sizes_l, device=dev)
+        out = mask_head_forward_canvas(self.mask_head, feats, self.strides, boxes, img, layout,
+                                       enlarge=self.roi_enlarge)
+        cidx = self._class_indices(classes)
+        lay0 = layout.levels[0]
+        logits = class_logits_at_pixels(out, cidx)  # (P_0,)
+        target = torch.zeros_like(logits)
+        rois_of = torch.arange(len(sizes_l), device=dev)
+        for i in gt_masks:  # GT masks of one image at a time
+            sel = rois_of[img == i]
+            pix, vals = crop_masks_at_pixels(gt_masks[i][mask_j[sel]], boxes[sel],
+                                             layout.slots[sel, 0], lay0, enlarge=self.roi_enlarge)
+            target[pix] = vals.to(target.dtype)
+        bce = F.binary_cross_entropy_with_logits(logits, target, reduction="none")
+        per_slot = bce.new_zeros(len(lay0.rois)).index_add(0, lay0.pix_slot, bce)
+        per_slot = per_slot / (lay0.h * lay0.w).to(bce.dtype)
+        seg_losses.append(per_slot)  # the mean over ROIs is order-free
+        if self.refine_on:
+            counts = [0 if d is None else len(d) for d in draws]
+            drawn = [d for d in draws if d is not None and len(d)]
+            if drawn:
+                pts = torch.cat(drawn).to(dev)
+                owner = torch.repeat_interleave(
+                    torch.arange(len(draws)), torch.as_tensor(counts, dtype=torch.int64)).to(dev)
+                kept = []  # beta * N of each ROI, at most what was drawn
+                for s, c in zip(sizes_l, counts):
+                    n = num_refine_points(s[0][0], s[0][1], self.refine_point_divisor)
+                    kept.append(min(int(self.refine_importance_sample_ratio * n), c))
+                kept = torch.as_tensor(kept, dtype=torch.int64, device=dev)
+                ref = refine_logits_canvas(self.mask_head.refine_head, out, logits, target, cidx,
+                                           pts, owner, kept)
                 if ref is not None:
                     refine_logits.append(ref[0])
                     refine_labels.append(ref[1])
@@ -387,27 +393,6 @@ class ObjGuidedROIHeads(ROIHeads):
         if self.mask_head.num_mask_classes == 1:
             return torch.zeros_like(classes, dtype=torch.int64)
         return classes.long()
-
-    def _segment_bucket(
-        self, feats: List[torch.Tensor], boxes: torch.Tensor, image_index: torch.Tensor,
-        idx: List[int], sizes: List[List[Tuple[int, int]]],
-    ):
-        """Crop and segment one bucket (ROIs ``idx`` with the same number of levels).
-
-        Returns:
-            (:class:`BatchedSegOutput`, idx as an int64 tensor on the boxes' device).
-        """
-        dev = boxes.device
-        idx_t = torch.as_tensor(idx, dtype=torch.int64, device=dev)
-        sizes_t = torch.as_tensor(sizes, dtype=torch.int64, device=dev)  # (B, n, 2)
-        pads = sizes_t.amax(dim=0).tolist()  # n x (Hp, Wp)
-        b, im = boxes[idx_t], image_index[idx_t]
-        crops, masks = [], []
-        for l, pad in enumerate(pads):
-            crops.append(crop_rois_padded(feats[l], b, im, sizes_t[:, l], pad, self.strides[l],
-                                          enlarge=self.roi_enlarge))
-            masks.append(valid_masks(sizes_t[:, l], pad).to(crops[-1].dtype))
-        return mask_head_forward_padded(self.mask_head, crops, sizes_t, masks), idx_t
 
     @staticmethod
     def _log_num_segmented(num_segmented: int, num_skipped: int) -> None:
@@ -459,20 +444,30 @@ class ObjGuidedROIHeads(ROIHeads):
 
     def _predict_masks_batched(self, feats, image_index, boxes, classes, level_sizes):
         """(probs, kept): the (h, w) probability map of each segmentable ROI, by increasing ROI
-        index (views into the padded bucket outputs)."""
+        index (views into the level-0 probability canvas)."""
         kept = [r for r, s in enumerate(level_sizes) if s]
-        by_roi: Dict[int, torch.Tensor] = {}
-        img = torch.full((len(boxes),), image_index, dtype=torch.int64, device=boxes.device)
-        for idx in bucket_rois(level_sizes):
-            out, idx_t = self._segment_bucket(feats, boxes, img, idx, [level_sizes[r] for r in idx])
-            cidx = self._class_indices(classes[idx_t])
-            probs = out.mask_logits.gather(
-                1, cidx[:, None, None, None].expand(-1, 1, *out.mask_logits.shape[-2:])
-            )[:, 0].sigmoid()
-            for k, r in enumerate(idx):
-                h, w = level_sizes[r][0]
-                by_roi[r] = probs[k, :h, :w]
-        return [by_roi[r] for r in kept], kept
+        if not kept:
+            return [], kept
+        dev = boxes.device
+        kept_t = torch.as_tensor(kept, dtype=torch.int64, device=dev)
+        sizes = [level_sizes[r] for r in kept]
+        layout = pack_canvas(sizes, device=dev)
+        img = torch.full((len(kept),), image_index, dtype=torch.int64, device=dev)
+        out = mask_head_forward_canvas(self.mask_head, feats, self.strides, boxes[kept_t], img,
+                                       layout, enlarge=self.roi_enlarge)
+        lg = out.mask_logits[0]
+        if lg.shape[0] == 1:
+            probs = lg[0].sigmoid()
+        else:  # each pixel's own ROI class channel
+            lay0 = layout.levels[0]
+            cls_px = self._class_indices(classes[kept_t])[lay0.rois]
+            cls_px = torch.cat([cls_px, cls_px.new_zeros(1)])[lay0.slot_map]
+            probs = lg.reshape(lg.shape[0], -1).gather(0, cls_px[None])[0].reshape(lg.shape[1:]).sigmoid()
+        lay0 = layout.levels[0]
+        slot = layout.slots[:, 0].tolist()
+        y0, x0, h, w = (t.tolist() for t in (lay0.y0, lay0.x0, lay0.h, lay0.w))
+        maps = [probs[y0[k] : y0[k] + h[k], x0[k] : x0[k] + w[k]] for k in slot]
+        return maps, kept
 
     def _predict_masks_loop(self, feats, image_index, boxes, classes, level_sizes):
         """The per-ROI reference of :meth:`_predict_masks_batched`."""

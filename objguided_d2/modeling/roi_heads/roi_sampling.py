@@ -194,7 +194,8 @@ def paste_roi_masks(
     image_hw: Tuple[int, int],
     threshold: float = 0.5,
     max_elements: int = 1 << 24,
-) -> torch.Tensor:
+    return_pixels: bool = False,
+):
     """Paste variable-size ROI probability maps into full images and threshold them.
 
     Each output pixel centre is mapped into its ROI's grid and the map is read there by bilinear
@@ -208,8 +209,10 @@ def paste_roi_masks(
         grid_boxes: (R, 4) XYXY boxes the maps' grids span (the *enlarged* boxes), in output pixels.
         image_hw: (H, W) output size.
         threshold: a pixel is foreground where the resampled probability >= threshold.
+        return_pixels: also return the foreground pixels as (instance (M,), y * W + x (M,))
+            int64, found inside each instance's window (no scan of the full masks).
     Returns:
-        (R, H, W) bool.
+        (R, H, W) bool, or (masks, (instance, flat_pixel)) with ``return_pixels``.
     """
     _check_boxes(grid_boxes, "grid_boxes")
     if len(mask_probs) != len(grid_boxes):
@@ -220,8 +223,10 @@ def paste_roi_masks(
     device = grid_boxes.device
     R = len(mask_probs)
     out = torch.zeros((R, H, W), dtype=torch.bool, device=device)
+    pixels = []
     if R == 0 or H == 0 or W == 0:
-        return out
+        empty = torch.zeros(0, dtype=torch.int64, device=device)
+        return (out, (empty, empty)) if return_pixels else out
     boxes = grid_boxes.double()
     # Integer pixel windows covering each box, clipped to the image.
     lo = torch.floor(boxes[:, :2]).clamp(min=0)
@@ -241,9 +246,11 @@ def paste_roi_masks(
         n = max(1, int(fits.sum()))
         idx = order[start : start + n]
         start += n
-        _paste_chunk(out, [mask_probs[i] for i in idx.tolist()], idx, boxes[idx], lo[idx],
-                     win[idx], threshold)
-    return out
+        pixels.append(_paste_chunk(out, [mask_probs[i] for i in idx.tolist()], idx, boxes[idx],
+                                   lo[idx], win[idx], threshold))
+    if not return_pixels:
+        return out
+    return out, (torch.cat([p[0] for p in pixels]), torch.cat([p[1] for p in pixels]))
 
 
 def _paste_chunk(out, maps, idx, boxes, lo, win, threshold):
@@ -279,5 +286,9 @@ def _paste_chunk(out, maps, idx, boxes, lo, win, threshold):
     )
     probs = F.grid_sample(padded, grid, mode="bilinear", padding_mode="zeros", align_corners=True)
     fg = (probs[:, 0] >= threshold) & vy[:, :, None] & vx[:, None, :]
-    out[idx.to(device)[:, None, None], ys[:, :, None], xs[:, None, :]] = fg
+    idx = idx.to(device)
+    out[idx[:, None, None], ys[:, :, None], xs[:, None, :]] = fg
+    # The windows' foreground pixels (each (instance, y, x) once: a window's pixels are distinct).
+    k, wy, wx = fg.nonzero(as_tuple=True)
+    return idx[k], ys[k, wy] * W + xs[k, wx]
 
