@@ -75,6 +75,10 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     m.add_argument("--score-thresh", type=float, help="keep objects with score above this (0..1)")
     m.add_argument("--mask-thresh", type=float, help="mask probability threshold (0..1)")
+    # The training data's class names: `--dataset` as given to tools/train_net.py (optional).
+    from objguided_d2.data.register import add_dataset_arguments
+
+    add_dataset_arguments(m)
     m.add_argument("--opts", nargs=argparse.REMAINDER, default=[], metavar="KEY VALUE",
                    help="config overrides, KEY VALUE pairs (must come last)")
     t = p.add_argument_group("tiling")
@@ -119,6 +123,14 @@ def main(argv: Optional[List[str]] = None) -> int:
     if not logging.getLogger().handlers:
         logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")
 
+    if args.dataset:
+        from objguided_d2.data.register import register_from_args
+
+        try:
+            register_from_args(args)
+        except (ValueError, OSError) as e:
+            _error(f"--dataset: {e}")
+            return 2
     if bool(args.model_dir) == bool(args.config_file):
         _error("give exactly one of --model-dir DIR or --config-file FILE")
         return 2

@@ -18,9 +18,9 @@ from objguided_d2.predict.cli import main
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
-def _model_dir(tmp_path):
+def _model_dir(tmp_path, opts=()):
     cfg = load_config(os.path.join(ROOT, "configs/tiny/objguided_R18_tiny.yaml"),
-                      ["MODEL.DEVICE", "cpu", "INPUT.MIN_SIZE_TEST", "128", "INPUT.MAX_SIZE_TEST", "128"])
+                      ["MODEL.DEVICE", "cpu", "INPUT.MIN_SIZE_TEST", "128", "INPUT.MAX_SIZE_TEST", "128", *opts])
     torch.manual_seed(0)
     model = build_model(cfg)
     # An untrained CenterNet predicts zero-size boxes; give the random model 16 px boxes and
@@ -70,3 +70,27 @@ def test_predict_with_objguided_model(tmp_path, capsys):
             assert np.array_equal(m, labels == c["label_id"])
         total += len(ids)
     assert total > 0  # the biased random model does find objects, so the writers were exercised
+
+
+def test_class_names_from_training_dataset_spec(tmp_path, capsys, monkeypatch):
+    """A model trained on `--dataset cells=labelfolder:...` gets its class names in objects.csv when
+    predict is given the same --dataset; without it the class index is written."""
+    monkeypatch.setenv("OBJGUIDED_CACHE", str(tmp_path / "cache"))
+    data = tmp_path / "cells"
+    (data / "images").mkdir(parents=True)
+    (data / "labels").mkdir()
+    for i in range(5):
+        lab = np.zeros((64, 64), np.uint16)
+        cv2.circle(lab, (20 + 4 * i, 30), 8, 1, -1)
+        cv2.imwrite(str(data / "images" / f"c{i}.png"), (lab > 0).astype(np.uint8) * 200)
+        cv2.imwrite(str(data / "labels" / f"c{i}.png"), lab)
+    model_dir = _model_dir(tmp_path, ["DATASETS.TRAIN", '("cells_train",)', "DATASETS.TEST", '("cells_test",)'])
+    img = data / "images" / "c0.png"
+    spec = f"cells=labelfolder:{data}?class=cell"
+    for extra, expected in (([], "0"), (["--dataset", spec], "cell")):
+        out = tmp_path / f"out{len(extra)}"
+        rc = main(["--no-progress", str(img), "--model-dir", str(model_dir), "--output", str(out), *extra])
+        assert rc == 0, capsys.readouterr().err
+        with open(out / "objects.csv") as f:
+            rows = list(csv.DictReader(f))
+        assert rows and {r["class"] for r in rows} == {expected}
