@@ -202,6 +202,15 @@ def failure_reason(console_path: str, returncode: Optional[int] = None) -> str:
     return f"{code}: {tail[:300]}" if tail else code
 
 
+
+def _mark_failed(res, stage: str, console: str, returncode: int, missing_output: str) -> None:
+    """Record a failed subprocess stage: its reason (the traceback's last line, or what output is
+    missing when it exited 0) and its console log."""
+    res.stage = stage
+    res.reason = failure_reason(console, returncode) if returncode != 0 else missing_output
+    res.log = console
+
+
 def read_metrics(path: str) -> List[Dict]:
     """Detectron2's ``metrics.json`` (one JSON object per line); partial lines are skipped."""
     out = []
@@ -376,10 +385,7 @@ class MethodRunner:
             rate = self._monitor(proc, method, d, t0, position, remaining)
         wall = time.time() - t0
         if proc.returncode != 0 or not os.path.isfile(os.path.join(d, "model_final.pth")):
-            res.stage = "train"
-            res.reason = failure_reason(console, proc.returncode) if proc.returncode != 0 else \
-                "training ended without writing model_final.pth"
-            res.log = console
+            _mark_failed(res, "train", console, proc.returncode, "training ended without writing model_final.pth")
             self.log(f"{position} {method.name}: training FAILED after {_fmt_eta(wall)}: {res.reason} (see {console})")
             return False
         if rate is None:
@@ -470,10 +476,7 @@ class MethodRunner:
             proc = subprocess.run(cmd, cwd=REPO_ROOT, env=self._env(), stdout=out, stderr=subprocess.STDOUT)
         wall = time.time() - t0
         if proc.returncode != 0 or not os.path.isfile(eval_json):
-            res.stage = "eval"
-            res.reason = failure_reason(console, proc.returncode) if proc.returncode != 0 else \
-                "evaluation ended without writing eval.json"
-            res.log = console
+            _mark_failed(res, "eval", console, proc.returncode, "evaluation ended without writing eval.json")
             self.log(f"{position} {method.name}: evaluation FAILED: {res.reason} (see {console})")
             return False
         self._eval_seconds.append(wall)
