@@ -202,7 +202,6 @@ def failure_reason(console_path: str, returncode: Optional[int] = None) -> str:
     return f"{code}: {tail[:300]}" if tail else code
 
 
-
 def _mark_failed(res, stage: str, console: str, returncode: int, missing_output: str) -> None:
     """Record a failed subprocess stage: its reason (the traceback's last line, or what output is
     missing when it exited 0) and its console log."""
