@@ -218,7 +218,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         f"batch {budget.batch}, input {size_str}, seed {budget.seed}.",
         "AP in percent: APdec / APseg are the paper's VOC-style AP averaged over IoU 0.50:0.05:0.95 "
         "(results.json has every threshold); COCO AP from pycocotools; SEG, DET F1, bestDice, FgBgDice in percent; "
-        "|DiffFG| in objects per image.",
+        "absDiffFG (mean |DiffFG|) in objects per image.",
         f"FPS: {speed_env.get('num_images', settings.speed_images)} test images, one per call, "
         f"{settings.warmup} warm-up calls, median of {settings.repeats} passes, on "
         f"{speed_env.get('device_name', env['device_name'])} ({speed_env.get('device', device)}) with "

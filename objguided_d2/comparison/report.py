@@ -3,7 +3,7 @@
 
 The table has the shape of the paper's Table I (dataset, method, input size, APdec, APseg,
 APseg@.5, APseg@.75, FPS, params) followed by COCO's bbox / segm AP, AP50, AP75 and the challenge
-metrics (SEG, DET F1, bestDice, FgBgDice, |DiffFG|). AP values are percent (0-100); a method that
+metrics (SEG, DET F1, bestDice, FgBgDice, absDiffFG). AP values are percent (0-100); a method that
 failed has status FAILED with the reason and the log to read, and empty metric cells.
 """
 from __future__ import annotations
@@ -43,7 +43,7 @@ COLUMNS: List[Tuple[str, str, Optional[int]]] = [
     ("DET_F1", "DET F1", 2),
     ("bestDice", "bestDice", 2),
     ("FgBgDice", "FgBgDice", 2),
-    ("absDiffFG", "|DiffFG|", 2),
+    ("absDiffFG", "absDiffFG", 2),  # not "|DiffFG|": pipes break a markdown table
     ("status", "Status", None),
 ]
 # Extra CSV-only columns.
