@@ -129,6 +129,13 @@ class _NonFiniteGuardMixin:
         super().load_state_dict(state_dict)
         self.nonfinite_guard.load_state_dict(state_dict.get("nonfinite", {}))
 
+    def _write_step_metrics(self, loss_dict, data_time):
+        # As Detectron2's run_step: metrics are written synchronously or on its executor.
+        if self.async_write_metrics:
+            self.concurrent_executor.submit(self._write_metrics, loss_dict, data_time, iter=self.iter)
+        else:
+            self._write_metrics(loss_dict, data_time)
+
 
 class GuardedSimpleTrainer(_NonFiniteGuardMixin, SimpleTrainer):
     """``SimpleTrainer`` whose ``run_step`` checks the losses before ``backward``.
@@ -137,7 +144,6 @@ class GuardedSimpleTrainer(_NonFiniteGuardMixin, SimpleTrainer):
         model, data_loader, optimizer, **kwargs: as ``SimpleTrainer``.
         nonfinite_loss: ``"raise"`` | ``"skip"``; max_consecutive_skips: see :class:`NonFiniteLossGuard`.
     """
-
 
     def run_step(self):
         assert self.model.training, "[GuardedSimpleTrainer] model was changed to eval mode!"
@@ -154,17 +160,12 @@ class GuardedSimpleTrainer(_NonFiniteGuardMixin, SimpleTrainer):
             self.optimizer.zero_grad()
         losses.backward()
         self.after_backward()
-        if self.async_write_metrics:
-            self.concurrent_executor.submit(self._write_metrics, loss_dict, data_time, iter=self.iter)
-        else:
-            self._write_metrics(loss_dict, data_time)
+        self._write_step_metrics(loss_dict, data_time)
         self.optimizer.step()
-
 
 
 class GuardedAMPTrainer(_NonFiniteGuardMixin, AMPTrainer):
     """``AMPTrainer`` (CUDA mixed precision) with the same check as :class:`GuardedSimpleTrainer`."""
-
 
     def run_step(self):
         assert self.model.training, "[GuardedAMPTrainer] model was changed to eval mode!"
@@ -185,10 +186,7 @@ class GuardedAMPTrainer(_NonFiniteGuardMixin, AMPTrainer):
         if self.log_grad_scaler:
             get_event_storage().put_scalar("[metric]grad_scaler", self.grad_scaler.get_scale())
         self.after_backward()
-        if self.async_write_metrics:
-            self.concurrent_executor.submit(self._write_metrics, loss_dict, data_time, iter=self.iter)
-        else:
-            self._write_metrics(loss_dict, data_time)
+        self._write_step_metrics(loss_dict, data_time)
         self.grad_scaler.step(self.optimizer)
         self.grad_scaler.update()
 
