@@ -55,6 +55,27 @@ def paper_configs(family: str) -> Tuple[str, ...]:
     )
 
 
+# The paper's Table II sampling strategies (k, beta), in the paper's order. "W.O. sampling" is the
+# no-refine config and "Moderately biased" (k 3, beta 0.75, the paper's choice) the default tiny
+# config, so an ablation run in the same output folder as a family comparison with the same budget
+# and dataset reuses those two runs.
+SAMPLING_ABLATION_CONFIGS: Tuple[str, ...] = (
+    "configs/tiny/objguided_R18_tiny_norefine.yaml",
+    *(
+        f"configs/ablation/sampling/{n}.yaml"
+        for n in (
+            "uniform_small_k1_b1",
+            "biased_small_k1_b0.5",
+            "uniform_k3_b3",
+            "mildly_biased_k3_b2",
+            "slightly_biased_k3_b1",
+        )
+    ),
+    "configs/tiny/objguided_R18_tiny.yaml",
+    "configs/ablation/sampling/greatly_biased_k5_b0.75.yaml",
+    "configs/ablation/sampling/heavily_biased_k10_b0.75.yaml",
+)
+
 PRESETS: Dict[str, Preset] = {
     # Measured: 11.3 min wall for all four (train 120 iterations at 128 px + evaluate on the 4
     # test images) on 2 CPU cores that other jobs were also using (load ~4); ~0.22 s/iteration
@@ -74,6 +95,14 @@ PRESETS: Dict[str, Preset] = {
         batch=4,
         input_size=256,
         description="4 tiny ResNet-18 models, full embedded neural-cell data (256 px, 200/50/50), hours on a CPU",
+    ),
+    "ablation-sampling": Preset(
+        dataset="synth_neural_tiny",
+        configs=SAMPLING_ABLATION_CONFIGS,
+        iters=1000,
+        batch=4,
+        input_size=128,
+        description="Table II: the 9 refinement sampling strategies (k, beta) of the tiny model on neural cells",
     ),
     "paper-gpu": Preset(
         dataset="synth_neural",
