@@ -1,0 +1,81 @@
+"""Every committed config loads, and the configs that encode an experiment say what they claim."""
+import glob
+import os
+
+import pytest
+import torch
+from detectron2.modeling import build_model
+
+from objguided_d2.comparison.presets import PRESETS, parse_methods
+from objguided_d2.engine.train_net import load_config
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CONFIGS = sorted(
+    os.path.relpath(p, ROOT)
+    for p in glob.glob(os.path.join(ROOT, "configs", "**", "*.yaml"), recursive=True)
+    if not os.path.basename(p).startswith("Base-")
+)
+
+# The paper's Table II: strategy -> (k, beta); "W.O. sampling" is refinement off.
+TABLE_II = {
+    "uniform_small_k1_b1": (1, 1.0),
+    "biased_small_k1_b0.5": (1, 0.5),
+    "uniform_k3_b3": (3, 3.0),
+    "mildly_biased_k3_b2": (3, 2.0),
+    "slightly_biased_k3_b1": (3, 1.0),
+    "objguided_R18_tiny": (3, 0.75),  # moderately biased: the paper's choice
+    "greatly_biased_k5_b0.75": (5, 0.75),
+    "heavily_biased_k10_b0.75": (10, 0.75),
+}
+
+
+def _load(path):
+    return load_config(os.path.join(ROOT, path), ["MODEL.WEIGHTS", "", "MODEL.DEVICE", "cpu"])
+
+
+def test_configs_found():
+    assert len(CONFIGS) >= 20, CONFIGS
+
+
+@pytest.mark.parametrize("path", CONFIGS)
+def test_config_loads(path):
+    cfg = _load(path)
+    assert cfg.MODEL.META_ARCHITECTURE in ("ObjGuidedRCNN", "GeneralizedRCNN"), path
+    assert cfg.SOLVER.MAX_ITER > 0
+
+
+def test_sampling_ablation_preset_is_table_ii():
+    methods = parse_methods(PRESETS["ablation-sampling"].configs)
+    assert len(methods) == 9  # W.O. sampling + the 8 strategies
+    seen = {}
+    for m in methods:
+        cfg = load_config(m.config_file)
+        og = cfg.MODEL.OBJGUIDED
+        if m.id.endswith("norefine"):
+            assert not og.REFINE_ON
+            continue
+        assert og.REFINE_ON, m.id
+        seen[m.id] = (og.REFINE_OVERSAMPLE_RATIO, og.REFINE_IMPORTANCE_SAMPLE_RATIO)
+        # Apart from the sampling, each variant is the tiny model trained the same way.
+        base = load_config(os.path.join(ROOT, "configs/tiny/objguided_R18_tiny.yaml"))
+        for key in ("MODEL.RESNETS.DEPTH", "SOLVER.BASE_LR", "SOLVER.OPTIMIZER", "INPUT.TRAIN_SIZE",
+                    "MODEL.OBJGUIDED.MASK_HEAD_CHANNELS"):
+            a, b = cfg, base
+            for part in key.split("."):
+                a, b = getattr(a, part), getattr(b, part)
+            assert a == b, (m.id, key)
+    assert seen == TABLE_II
+
+
+def test_fast_cpu_config_differs_from_tiny_only_in_the_model():
+    fast, tiny = _load("configs/fast/objguided_R18_fast_cpu.yaml"), _load("configs/tiny/objguided_R18_tiny.yaml")
+    for key in ("BASE_LR", "OPTIMIZER", "IMS_PER_BATCH", "WEIGHT_DECAY", "STEPS", "WARMUP_ITERS"):
+        assert getattr(fast.SOLVER, key) == getattr(tiny.SOLVER, key), key
+    assert fast.SOLVER.CLIP_GRADIENTS == tiny.SOLVER.CLIP_GRADIENTS
+    assert fast.INPUT.TRAIN_SIZE == tiny.INPUT.TRAIN_SIZE
+    assert fast.MODEL.RESNETS.DEPTH == tiny.MODEL.RESNETS.DEPTH == 18
+    # ... and the fast model is the smaller one.
+    torch.manual_seed(0)
+    n_fast = sum(p.numel() for p in build_model(fast).parameters())
+    n_tiny = sum(p.numel() for p in build_model(tiny).parameters())
+    assert n_fast < n_tiny, (n_fast, n_tiny)
