@@ -228,39 +228,53 @@ def test_segment_instance_norm_matches_per_roi_instance_norm():
         torch.testing.assert_close(y[:, :, ys : ys + h, xs : xs + w], ref, rtol=0, atol=1e-5)
 
 
+def _single_image_step(batched, og, dtype):
+    """One training step (losses, input features with their grads, head grads) and inference on
+    the GT boxes, of the loop (batched False) or canvas heads, in ``dtype``."""
+    targets = [make_targets(35, (90, 125), 21)]
+    heads = make_heads("cpu", batched, **og).train().to(dtype)
+    feats = {k: v[:1].detach().to(dtype).requires_grad_() for k, v in make_features(1, "cpu").items()}
+    torch.manual_seed(7)
+    with EventStorage():
+        _, losses = heads(None, feats, [Instances(t.image_size) for t in targets], targets)
+    sum(losses.values()).backward()
+    grads = [p.grad.clone() for p in heads.mask_head.parameters()]
+    heads.eval()
+    p = Instances((90, 125))
+    p.proposal_boxes = targets[0].gt_boxes
+    p.scores = torch.linspace(1, 0.1, 35)
+    p.pred_classes = targets[0].gt_classes
+    with torch.no_grad():
+        inst = heads(None, feats, [p])[0][0]
+    return losses, feats, grads, inst
+
+
 @pytest.mark.parametrize("og", [{}, {"SEG_CHANNELS": [6, 5, 7, 9]}])
 def test_single_image_training_and_entry_convs_equal_loop(og):
     """One image (the canvas crops straight from its maps) and, with custom SEG_CHANNELS,
     1x1 entry convs for ROIs whose deepest level is shallower than the head's."""
-    targets = [make_targets(35, (90, 125), 21)]
-    res = {}
-    for batched in (False, True):
-        heads = make_heads("cpu", batched, **og).train()
-        feats = {k: v[:1].detach().requires_grad_() for k, v in make_features(1, "cpu").items()}
-        torch.manual_seed(7)
-        with EventStorage():
-            _, losses = heads(None, feats, [Instances(t.image_size) for t in targets], targets)
-        sum(losses.values()).backward()
-        res[batched] = (losses, feats, [p.grad.clone() for p in heads.mask_head.parameters()])
-        heads.eval()
-        p = Instances((90, 125))
-        p.proposal_boxes = targets[0].gt_boxes
-        p.scores = torch.linspace(1, 0.1, 35)
-        p.pred_classes = targets[0].gt_classes
-        with torch.no_grad():
-            res[batched] += (heads(None, feats, [p])[0][0],)
-    (la, fa, ga, ia), (lb, fb, gb, ib) = res[False], res[True]
+    (la, _, _, ia), (lb, _, _, ib) = (_single_image_step(b, og, torch.float32) for b in (False, True))
     for k in la:
         assert abs(la[k].item() - lb[k].item()) <= 1e-4 * abs(la[k].item()), k
-    for n in NAMES:
-        scale = fa[n].grad.abs().max().item()
-        assert scale > 0
-        assert (fa[n].grad - fb[n].grad).abs().max().item() <= 1e-4 * scale, n
-    for a, b in zip(ga, gb):
-        assert (a - b).abs().max().item() <= 1e-4 * max(a.abs().max().item(), 1e-8)
     assert len(ia) == len(ib) > 20
     for ma, mb in zip(ia.pred_mask_probs, ib.pred_mask_probs):
         assert ma.shape == mb.shape and (ma - mb).abs().max().item() <= 1e-4
+    # Gradients in float64: in float32 the two paths sum the same terms in different orders (one
+    # grid_sample backward per canvas vs per ROI), and where large terms cancel (c0's gradient)
+    # the difference reaches ~1e-3 of the largest entry on some CPUs (AVX-512 oneDNN); in float64
+    # the paths agree to the float32 grid coordinates both use (~1e-7).
+    (la, fa, ga, _), (lb, fb, gb, _) = (_single_image_step(b, og, torch.float64) for b in (False, True))
+    for k in la:
+        assert abs(la[k].item() - lb[k].item()) <= 1e-6 * abs(la[k].item()), k
+    for n in NAMES:
+        assert (fa[n].grad is None) == (fb[n].grad is None), n
+        if fa[n].grad is None:
+            continue
+        scale = fa[n].grad.abs().max().item()
+        assert scale > 0
+        assert (fa[n].grad - fb[n].grad).abs().max().item() <= 1e-5 * scale, n
+    for a, b in zip(ga, gb):
+        assert (a - b).abs().max().item() <= 1e-5 * max(a.abs().max().item(), 1e-12)
 
 
 def test_paste_pixels_and_mask_nms_from_pixels_match_full_masks():
