@@ -71,6 +71,8 @@ class LevelLayout:
     mask: (1, 1, H, W) float validity.
     slot_shelf: (n,) int64 shelf of each slot; row_shelf: (H,) int64 shelf of each row.
     col_slot: (S * W,) int64 slot spanning each column of each shelf, n where none.
+    shelf_spans: per shelf its rows [start, end) (a gap row belongs to the shelf above), as
+        Python ints so that per-shelf slicing never syncs with a device.
     """
 
     rois: torch.Tensor
@@ -91,6 +93,7 @@ class LevelLayout:
     slot_shelf: torch.Tensor
     row_shelf: torch.Tensor
     col_slot: torch.Tensor
+    shelf_spans: List[Tuple[int, int]]
 
 
 @dataclass
@@ -166,15 +169,16 @@ def pack_canvas(level_sizes: Sequence[Sequence[Tuple[int, int]]], device=None) -
         width = max(x + w for (_, x), (_, w) in zip(pos, sizes))
         # Row -> shelf (a gap row belongs to the shelf above it; it is 0 wherever it is read).
         row_shelf = torch.bucketize(torch.arange(height), torch.as_tensor(tops), right=True) - 1
+        spans = list(zip(tops, tops[1:] + [height]))
         levels.append(_level_layout(rois, pos, sizes, height, width, merged_rows, len(merged),
-                                    shelf_of, row_shelf, device))
+                                    shelf_of, row_shelf, spans, device))
         slots[torch.as_tensor(rois), l] = torch.arange(len(rois))
     return CanvasLayout(levels=levels, slots=slots.to(device),
                         num_levels=torch.as_tensor(nlev, dtype=torch.int64, device=device))
 
 
 def _level_layout(rois, pos, sizes, height, width, merged_rows, num_merged, shelf_of, row_shelf,
-                  device) -> LevelLayout:
+                  shelf_spans, device) -> LevelLayout:
     n = len(rois)
     t = torch.as_tensor
     y0 = t([p[0] for p in pos], dtype=torch.int64)
@@ -205,7 +209,7 @@ def _level_layout(rois, pos, sizes, height, width, merged_rows, num_merged, shel
         pix_flat=flat.to(d), pix_slot=slot.to(d), pix_y=py.to(d), pix_x=px.to(d),
         slot_map=slot_map.to(d), mask=mask.to(d),
         slot_shelf=t(shelf_of, dtype=torch.int64, device=d), row_shelf=row_shelf.to(d),
-        col_slot=col_slot.to(d),
+        col_slot=col_slot.to(d), shelf_spans=[(int(a), int(b)) for a, b in shelf_spans],
     )
 
 
@@ -377,6 +381,11 @@ def segment_sums(x: torch.Tensor, lay: LevelLayout, n: int) -> torch.Tensor:
     C, rows, W = x.shape
     shelves = lay.row_shelf[:rows]
     per_shelf = x.new_zeros((C, int(shelves[-1]) + 1, W)).index_add(1, shelves, x)
+    return _shelf_sums_to_slots(per_shelf, lay, n)
+
+
+def _shelf_sums_to_slots(per_shelf: torch.Tensor, lay: LevelLayout, n: int) -> torch.Tensor:
+    """(C, S, W) column sums of each shelf -> (C, n) float64 per-slot sums (prefix sums)."""
     cs = F.pad(per_shelf.double().cumsum(2), (1, 0))  # (C, S, W + 1)
     sh, x0 = lay.slot_shelf[:n], lay.x0[:n]
     return cs[:, sh, x0 + lay.w[:n]] - cs[:, sh, x0]
@@ -410,6 +419,25 @@ def segment_instance_norm(
         return rows_of_shelf.reshape(C, num_shelves, lay.width).repeat_interleave(shelf_rows, dim=1)
 
     mean = segment_sums(xm, lay, n) / cnt
+    if not (torch.is_grad_enabled() and x.requires_grad):
+        # Inference: the same two passes in place, shelf by shelf, so that no per-pixel copy of
+        # the statistics is made (the per-slot values broadcast down each shelf's rows).
+        spans = [(a, min(b, rows)) for a, b in lay.shelf_spans[:num_shelves]]
+
+        def per_shelf(v):  # (C, n) -> (C, S, 1, W)
+            return torch.cat([v.to(x.dtype), zero], 1).index_select(1, col_slot).reshape(
+                C, num_shelves, 1, lay.width)
+
+        m = per_shelf(mean)
+        for s, (a, b) in enumerate(spans):
+            xm[:, a:b].sub_(m[:, s])
+        xm.mul_(mask)  # 0 in the gaps again (also below shorter ROIs of a shelf)
+        sq = torch.stack([xm[:, a:b].square().sum(1) for a, b in spans], 1)  # (C, S, W)
+        var = _shelf_sums_to_slots(sq, lay, n) / cnt
+        r = per_shelf(torch.rsqrt(var + eps))
+        for s, (a, b) in enumerate(spans):
+            xm[:, a:b].mul_(r[:, s])
+        return xm[None]
     d = (xm - per_pixel(mean)).mul_(mask)  # 0 in the gaps (also below shorter ROIs of a shelf)
     var = segment_sums(d * d, lay, n) / cnt
     return (d * per_pixel(torch.rsqrt(var + eps)))[None]
