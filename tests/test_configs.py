@@ -79,3 +79,16 @@ def test_fast_cpu_config_differs_from_tiny_only_in_the_model():
     n_fast = sum(p.numel() for p in build_model(fast).parameters())
     n_tiny = sum(p.numel() for p in build_model(tiny).parameters())
     assert n_fast < n_tiny, (n_fast, n_tiny)
+
+
+@pytest.mark.parametrize("name", sorted(PRESETS))
+def test_preset_opts_apply_to_every_method(name):
+    preset = PRESETS[name]
+    assert len(preset.opts) % 2 == 0
+    for m in parse_methods(preset.configs):
+        cfg = load_config(m.config_file, list(preset.opts))
+        for key, value in zip(preset.opts[::2], preset.opts[1::2]):
+            node = cfg
+            for part in key.split("."):
+                node = getattr(node, part)
+            assert str(node).replace(" ", "") == value.replace(" ", ""), (m.id, key)

@@ -192,7 +192,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
     out = os.path.abspath(args.output)
     os.makedirs(os.path.join(out, "runs"), exist_ok=True)
-    opts = list(args.opts or [])
+    opts = list(preset.opts if args.preset else ()) + list(args.opts or [])  # --opts last: they win
     if len(opts) % 2:
         parser.error(f"--opts needs KEY VALUE pairs, got {len(opts)} items: {opts}")
     print(f"Comparing {len(methods)} methods on {train_name} -> {test_name}: {budget.iters} iterations, "

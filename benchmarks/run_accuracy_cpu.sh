@@ -1,0 +1,79 @@
+#!/usr/bin/env bash
+# The CPU accuracy comparison of benchmarks/RESULTS.md, end to end:
+#   * per family (leaves 128 px, neural cells 256 px, nuclei 192 px): ours, ours w/o refine,
+#     Mask R-CNN and PointRend (configs/tiny/*: ResNet-18, same width), 1000 iterations from scratch;
+#   * the paper's Table II sampling ablation (configs/ablation/sampling/*) on leaves;
+#   * the fast variant (configs/fast/objguided_R18_fast_cpu.yaml) on leaves (its accuracy cost).
+# Every method gets the same budget within a family, seed 0, one torch thread, the same score
+# threshold for AP (0.05, the baselines' default; ours' paper default is 0.3) and the same
+# schedule (x0.1 at iteration 800).
+#
+# Usage: benchmarks/run_accuracy_cpu.sh [OUT_DIR] [JOBS]
+#   OUT_DIR  default out/accuracy_cpu; finished runs there are reused (tools/compare.py).
+#   JOBS     trainings run at once (default 2: one per core of a 2-core machine).
+# Wall time on a 2-core machine with JOBS=2: about 2 hours (each training 8-18 minutes).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+OUT=${1:-out/accuracy_cpu}
+JOBS=${2:-2}
+PY=${PYTHON:-.venv/bin/python}
+mkdir -p "$OUT"
+
+spec() {
+  case $1 in
+    leaves128) echo 'leaves128=synthetic:leaves?image_size=128&num_train=100&num_val=10&num_test=30' ;;
+    neural256) echo 'neural256=synthetic:neural?image_size=256&num_train=100&num_val=10&num_test=30' ;;
+    nuclei192) echo 'nuclei192=synthetic:nuclei?image_size=192&num_train=100&num_val=10&num_test=30' ;;
+  esac
+}
+budget() {
+  case $1 in
+    leaves128) echo '--iters 1000 --batch 4 --input-size 128' ;;
+    neural256) echo '--iters 1000 --batch 2 --input-size 256' ;;
+    nuclei192) echo '--iters 1000 --batch 2 --input-size 192' ;;
+  esac
+}
+# compare FAMILY OUTPUT_SUBDIR CONFIG... : train/evaluate (or reuse) and write the report.
+compare() {
+  local fam=$1 sub=$2; shift 2
+  # shellcheck disable=SC2046
+  "$PY" tools/compare.py --dataset "$(spec "$fam")" --dataset-name "$fam" $(budget "$fam") --threads 1 \
+    --output "$OUT/$sub" --configs "$@" \
+    --opts MODEL.OBJGUIDED.SCORE_THRESH_TEST 0.05 SOLVER.STEPS "(800,)"
+}
+
+T=configs/tiny
+A=configs/ablation/sampling
+FOUR="$T/objguided_R18_tiny.yaml $T/objguided_R18_tiny_norefine.yaml $T/mask_rcnn_R18_tiny.yaml $T/pointrend_R18_tiny.yaml"
+ABLATION="$T/objguided_R18_tiny_norefine.yaml $A/uniform_small_k1_b1.yaml $A/biased_small_k1_b0.5.yaml \
+$A/uniform_k3_b3.yaml $A/mildly_biased_k3_b2.yaml $A/slightly_biased_k3_b1.yaml $T/objguided_R18_tiny.yaml \
+$A/greatly_biased_k5_b0.75.yaml $A/heavily_biased_k10_b0.75.yaml"
+
+# 1. Train every (family, config) once, JOBS at a time; one method per compare call so that the
+#    calls can run in parallel (each call trains, evaluates and reports its one method).
+jobs_list() {
+  for fam in leaves128 neural256 nuclei192; do
+    for c in $FOUR; do echo "$fam $fam $c"; done
+  done
+  for c in $ABLATION; do echo "leaves128 leaves128 $c"; done
+  echo "leaves128 leaves128 Ours-fast=configs/fast/objguided_R18_fast_cpu.yaml"
+}
+export -f compare spec budget
+export OUT PY
+jobs_list | sort -u | xargs -P "$JOBS" -L 1 bash -c 'compare "$0" "$1" "$2" > "$OUT/$1.$(basename "${2#*=}" .yaml).log" 2>&1 || echo "FAILED: $0 $2 (log $OUT/$1.$(basename "${2#*=}" .yaml).log)"'
+
+# 2. The reports (every run is reused): one table per family, the ablation, the fast variant.
+for fam in leaves128 neural256 nuclei192; do
+  # shellcheck disable=SC2086
+  compare "$fam" "$fam" $FOUR
+  mkdir -p "$OUT/report/$fam"
+  cp "$OUT/$fam"/{table.md,table.csv,results.json,reproduce.md,ap_vs_iou.png,qualitative.png} "$OUT/report/$fam/"
+done
+# shellcheck disable=SC2086
+compare leaves128 leaves128 $ABLATION
+mkdir -p "$OUT/report/ablation_sampling_leaves128"
+cp "$OUT/leaves128"/{table.md,table.csv,results.json,reproduce.md,ap_vs_iou.png} "$OUT/report/ablation_sampling_leaves128/"
+compare leaves128 leaves128 "$T/objguided_R18_tiny.yaml" Ours-fast=configs/fast/objguided_R18_fast_cpu.yaml
+mkdir -p "$OUT/report/fast_leaves128"
+cp "$OUT/leaves128"/{table.md,table.csv,results.json,reproduce.md} "$OUT/report/fast_leaves128/"
+echo "Reports in $OUT/report/"
