@@ -1,0 +1,107 @@
+#!/usr/bin/env python
+"""Mask quality given the ground-truth boxes, for every trained method of a comparison folder.
+
+Each method segments every test object from the object's own ground-truth box
+(``objguided_d2.evaluation.oracle``), so its mask head is judged apart from its detector. Prints
+(and with --output writes) a markdown table: mean IoU and the shares of objects above IoU 0.5 /
+0.75, for all objects and separately for thin ones (> 20 % of the pixels in <= 2-px structures).
+
+    python benchmarks/oracle_boxes.py out/accuracy_cpu/leaves128 \\
+        --dataset 'leaves128=synthetic:leaves?image_size=128&num_train=100&num_val=10&num_test=30' \\
+        --output out/accuracy_cpu/leaves128/oracle.md
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from typing import List, Optional, Sequence
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def get_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("compare_dir", help="a tools/compare.py output folder (its runs/<method>/ are read)")
+    p.add_argument("--dataset", action="append", default=[], metavar="NAME=FORMAT:PATH",
+                   help="dataset spec to register (as given to compare.py)")
+    p.add_argument("--dataset-name", default=None, help="base name: <NAME>_<split> is evaluated")
+    p.add_argument("--split", default="test", help="split evaluated (default test)")
+    p.add_argument("--methods", nargs="+", default=None, help="run folder names (default: every finished run)")
+    p.add_argument("--threads", type=int, default=0, help="torch threads (0: default)")
+    p.add_argument("--output", default=None, help="markdown file to write (a .json with every object beside it)")
+    return p
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    args = get_parser().parse_args(argv)
+    import torch
+    from detectron2.checkpoint import DetectionCheckpointer
+    from detectron2.data import DatasetCatalog
+
+    import objguided_d2  # noqa: F401  (registers the embedded datasets)
+    from objguided_d2.comparison.presets import display_name
+    from objguided_d2.data.register import parse_dataset_spec, register_dataset_spec
+    from objguided_d2.engine.train_net import load_config
+    from objguided_d2.engine.trainer import Trainer
+    from objguided_d2.evaluation.oracle import THIN_THRESHOLD, oracle_object_ious, summarize_oracle
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    for spec in args.dataset:
+        register_dataset_spec(spec)
+    base = args.dataset_name or (parse_dataset_spec(args.dataset[-1])[0] if args.dataset else None)
+    if base is None:
+        sys.exit("give --dataset-name or --dataset")
+    dataset = f"{base}_{args.split}"
+    if dataset not in DatasetCatalog.list():
+        sys.exit(f"dataset {dataset!r} is not registered; give --dataset NAME=FORMAT:PATH")
+    dicts = DatasetCatalog.get(dataset)
+    runs_dir = os.path.join(args.compare_dir, "runs")
+    if not os.path.isdir(runs_dir):
+        sys.exit(f"{runs_dir}: not a tools/compare.py output folder (no runs/)")
+    ids = args.methods or sorted(d for d in os.listdir(runs_dir)
+                                 if os.path.isfile(os.path.join(runs_dir, d, "model_final.pth")))
+    rows, objects = [], {}
+    for mid in ids:
+        run = os.path.join(runs_dir, mid)
+        cfg_file, weights = os.path.join(run, "config.yaml"), os.path.join(run, "model_final.pth")
+        for f in (cfg_file, weights):
+            if not os.path.isfile(f):
+                sys.exit(f"{mid}: {f} not found (train it with tools/compare.py first)")
+        cfg = load_config(cfg_file, ["MODEL.DEVICE", "cpu", "MODEL.WEIGHTS", ""])
+        model = Trainer.build_model(cfg)
+        DetectionCheckpointer(model).load(weights)
+        model.eval()
+        objs = oracle_object_ious(model, dicts, min_size_test=cfg.INPUT.MIN_SIZE_TEST,
+                                  max_size_test=cfg.INPUT.MAX_SIZE_TEST, input_format=cfg.INPUT.FORMAT)
+        objects[mid] = objs
+        name = display_name(mid) if display_name(mid) != mid else mid
+        rows.append((name, summarize_oracle(objs)))
+        print(f"{name}: {rows[-1][1]}", flush=True)
+    keys = ["all n", "all mIoU", "all IoU>0.5", "all IoU>0.75", "thin n", "thin mIoU", "thin IoU>0.5", "compact mIoU"]
+    lines: List[str] = [
+        f"Mask quality given the ground-truth boxes on `{dataset}` ({len(dicts)} images): each object is "
+        f"segmented from its own box; IoU in percent; thin = more than {int(THIN_THRESHOLD * 100)} % of "
+        "the object's pixels in structures a 3x3 opening removes.",
+        "",
+        "| Method | " + " | ".join(keys) + " |",
+        "|:---|" + "---:|" * len(keys),
+    ]
+    for name, s in rows:
+        lines.append(f"| {name} | " + " | ".join(
+            str(int(s[k])) if k.endswith(" n") else f"{s[k]:.1f}" for k in keys) + " |")
+    text = "\n".join(lines)
+    print(text)
+    if args.output:
+        os.makedirs(os.path.dirname(os.path.abspath(args.output)), exist_ok=True)
+        with open(args.output, "w") as f:
+            f.write(text + "\n")
+        with open(os.path.splitext(args.output)[0] + ".json", "w") as f:
+            json.dump({"dataset": dataset, "summary": dict(rows), "objects": objects}, f)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
