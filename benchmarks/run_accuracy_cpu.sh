@@ -62,7 +62,8 @@ export -f compare spec budget
 export OUT PY
 jobs_list | sort -u | xargs -P "$JOBS" -L 1 bash -c 'compare "$0" "$1" "$2" > "$OUT/$1.$(basename "${2#*=}" .yaml).log" 2>&1 || echo "FAILED: $0 $2 (log $OUT/$1.$(basename "${2#*=}" .yaml).log)"'
 
-# 2. The reports (every run is reused): one table per family (+ the mask quality given GT boxes),
+# 2. The reports (every run is reused): one table per family (+ the mask quality given GT boxes
+#    and the learning curves),
 #    the ablation, the fast variant.
 for fam in leaves128 neural256 nuclei192; do
   # shellcheck disable=SC2086
@@ -73,6 +74,10 @@ for fam in leaves128 neural256 nuclei192; do
   "$PY" benchmarks/oracle_boxes.py "$OUT/$fam" --dataset "$(spec "$fam")" --threads 1 \
     --methods objguided_R18_tiny objguided_R18_tiny_norefine mask_rcnn_R18_tiny pointrend_R18_tiny \
     --output "$OUT/report/$fam/oracle_boxes.md"
+  # Still improving when the budget ends? The paper metrics at the saved checkpoints.
+  "$PY" benchmarks/learning_curve.py "$OUT/$fam" --dataset "$(spec "$fam")" --threads 1 \
+    --methods objguided_R18_tiny objguided_R18_tiny_norefine mask_rcnn_R18_tiny pointrend_R18_tiny \
+    --output "$OUT/report/$fam/learning_curve.md"
 done
 # shellcheck disable=SC2086
 compare leaves128 leaves128 $ABLATION

@@ -1,0 +1,109 @@
+#!/usr/bin/env python
+"""APseg / APdec / DET recall of every method of a comparison folder at its saved checkpoints.
+
+Evaluates ``runs/<method>/model_<iter>.pth`` (Detectron2's periodic checkpoints) on the test split
+with the same evaluators as ``tools/compare.py`` and prints one markdown table per metric
+(rows: iterations, columns: methods): is a method still improving when the budget ends?
+
+    python benchmarks/learning_curve.py out/accuracy_cpu/leaves128 \\
+        --dataset 'leaves128=synthetic:leaves?image_size=128&num_train=100&num_val=10&num_test=30' \\
+        --iters 199 399 599 799 999 --output out/accuracy_cpu/leaves128/learning_curve.md
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+from typing import Dict, Optional, Sequence
+
+METRICS = ("APseg", "APdec", "DET_recall")
+
+
+def get_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("compare_dir", help="a tools/compare.py output folder")
+    p.add_argument("--dataset", action="append", default=[], metavar="NAME=FORMAT:PATH")
+    p.add_argument("--dataset-name", default=None, help="base name: <NAME>_<split> is evaluated")
+    p.add_argument("--split", default="test")
+    p.add_argument("--methods", nargs="+", default=None, help="run folder names (default: every finished run)")
+    p.add_argument("--iters", nargs="+", type=int, default=[199, 399, 599, 799, 999],
+                   help="checkpoint iterations (model_<iter:07d>.pth; the last may be model_final.pth)")
+    p.add_argument("--threads", type=int, default=0)
+    p.add_argument("--output", default=None, help="markdown file (a .json beside it)")
+    return p
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    args = get_parser().parse_args(argv)
+    import torch
+    from detectron2.checkpoint import DetectionCheckpointer
+    from detectron2.data import DatasetCatalog
+    from detectron2.utils.logger import setup_logger
+
+    import objguided_d2  # noqa: F401
+    from objguided_d2.comparison.presets import display_name
+    from objguided_d2.data.register import parse_dataset_spec, register_dataset_spec
+    from objguided_d2.engine.train_net import load_config
+    from objguided_d2.engine.trainer import Trainer
+    from objguided_d2.evaluation import build_evaluators
+
+    setup_logger(name="objguided_d2")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    for spec in args.dataset:
+        register_dataset_spec(spec)
+    base = args.dataset_name or (parse_dataset_spec(args.dataset[-1])[0] if args.dataset else None)
+    if base is None:
+        sys.exit("give --dataset-name or --dataset")
+    dataset = f"{base}_{args.split}"
+    if dataset not in DatasetCatalog.list():
+        sys.exit(f"dataset {dataset!r} is not registered; give --dataset NAME=FORMAT:PATH")
+    runs_dir = os.path.join(args.compare_dir, "runs")
+    if not os.path.isdir(runs_dir):
+        sys.exit(f"{runs_dir}: not a tools/compare.py output folder (no runs/)")
+    ids = args.methods or sorted(d for d in os.listdir(runs_dir)
+                                 if os.path.isfile(os.path.join(runs_dir, d, "model_final.pth")))
+    table: Dict[str, Dict[int, Dict[str, float]]] = {}
+    for mid in ids:
+        run = os.path.join(runs_dir, mid)
+        cfg = load_config(os.path.join(run, "config.yaml"),
+                          ["MODEL.DEVICE", "cpu", "MODEL.WEIGHTS", "", "DATASETS.TEST", f"('{dataset}',)"])
+        model = Trainer.build_model(cfg)
+        model.eval()
+        table[mid] = {}
+        for it in args.iters:
+            ckpt = os.path.join(run, f"model_{it:07d}.pth")
+            if not os.path.isfile(ckpt) and it == max(args.iters):
+                ckpt = os.path.join(run, "model_final.pth")
+            if not os.path.isfile(ckpt):
+                print(f"{mid}: no checkpoint for iteration {it}, skipped", flush=True)
+                continue
+            DetectionCheckpointer(model).load(ckpt)
+            with tempfile.TemporaryDirectory() as tmp:
+                res = Trainer.test(cfg, model, evaluators=[build_evaluators(cfg, dataset, tmp)])
+            paper = dict(res).get("paper", {})
+            table[mid][it] = {k: float(paper.get(k, float("nan"))) for k in METRICS}
+            print(f"{mid} @ {it + 1}: {table[mid][it]}", flush=True)
+    lines = [f"Learning curves on `{dataset}` (paper metrics in percent, at the saved checkpoints).", ""]
+    for metric in METRICS:
+        names = [display_name(m) if display_name(m) != m else m for m in ids]
+        lines += [f"**{metric}**", "", "| iteration | " + " | ".join(names) + " |", "|---:|" + "---:|" * len(ids)]
+        for it in args.iters:
+            cells = [f"{table[m][it][metric]:.2f}" if it in table[m] else "–" for m in ids]
+            lines.append(f"| {it + 1} | " + " | ".join(cells) + " |")
+        lines.append("")
+    text = "\n".join(lines)
+    print(text)
+    if args.output:
+        os.makedirs(os.path.dirname(os.path.abspath(args.output)), exist_ok=True)
+        with open(args.output, "w") as f:
+            f.write(text)
+        with open(os.path.splitext(args.output)[0] + ".json", "w") as f:
+            json.dump({"dataset": dataset, "table": table}, f)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
