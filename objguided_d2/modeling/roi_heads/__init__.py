@@ -1,6 +1,7 @@
 """Object-guided ROI heads and segmentation branch (registers ``ObjGuidedROIHeads`` and
-``ObjGuidedMaskHead``)."""
+``ObjGuidedMaskHead``), and the PointRend baseline's ``EmptySafePointRendROIHeads``."""
 from .mask_head import MaskHeadOutput, ObjGuidedMaskHead
+from .pointrend_baseline import EmptySafePointRendROIHeads
 from .objguided_roi_heads import ObjGuidedROIHeads, ROIMaskProbs, gt_bitmasks
 from .point_refine import (
     PointRefineHead,
