@@ -42,34 +42,23 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
     import objguided_d2  # noqa: F401  (registers the embedded datasets)
     from objguided_d2.comparison.presets import display_name
-    from objguided_d2.data.register import parse_dataset_spec, register_dataset_spec
+    from objguided_d2.comparison.runs import finished_runs, resolve_dataset
     from objguided_d2.engine.train_net import load_config
     from objguided_d2.engine.trainer import Trainer
     from objguided_d2.evaluation.oracle import THIN_THRESHOLD, oracle_object_ious, summarize_oracle
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    for spec in args.dataset:
-        register_dataset_spec(spec)
-    base = args.dataset_name or (parse_dataset_spec(args.dataset[-1])[0] if args.dataset else None)
-    if base is None:
-        sys.exit("give --dataset-name or --dataset")
-    dataset = f"{base}_{args.split}"
-    if dataset not in DatasetCatalog.list():
-        sys.exit(f"dataset {dataset!r} is not registered; give --dataset NAME=FORMAT:PATH")
+    try:
+        dataset = resolve_dataset(args.dataset, args.dataset_name, args.split)
+        runs_dir, ids = finished_runs(args.compare_dir, args.methods)
+    except ValueError as e:
+        sys.exit(str(e))
     dicts = DatasetCatalog.get(dataset)
-    runs_dir = os.path.join(args.compare_dir, "runs")
-    if not os.path.isdir(runs_dir):
-        sys.exit(f"{runs_dir}: not a tools/compare.py output folder (no runs/)")
-    ids = args.methods or sorted(d for d in os.listdir(runs_dir)
-                                 if os.path.isfile(os.path.join(runs_dir, d, "model_final.pth")))
     rows, objects = [], {}
     for mid in ids:
         run = os.path.join(runs_dir, mid)
         cfg_file, weights = os.path.join(run, "config.yaml"), os.path.join(run, "model_final.pth")
-        for f in (cfg_file, weights):
-            if not os.path.isfile(f):
-                sys.exit(f"{mid}: {f} not found (train it with tools/compare.py first)")
         cfg = load_config(cfg_file, ["MODEL.DEVICE", "cpu", "MODEL.WEIGHTS", ""])
         model = Trainer.build_model(cfg)
         DetectionCheckpointer(model).load(weights)

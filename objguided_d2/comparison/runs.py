@@ -1,0 +1,52 @@
+"""Reading a finished ``tools/compare.py`` folder: its test dataset and its trained runs (used by the
+diagnostics in ``benchmarks/``: ``oracle_boxes.py``, ``learning_curve.py``)."""
+from __future__ import annotations
+
+import os
+from typing import List, Optional, Sequence, Tuple
+
+__all__ = ["resolve_dataset", "finished_runs"]
+
+
+def resolve_dataset(specs: Sequence[str], dataset_name: Optional[str], split: str) -> str:
+    """Register ``specs`` (``NAME=FORMAT:PATH``) and return ``<base>_<split>``, the base being
+    ``dataset_name`` or the last spec's name.
+
+    Raises:
+        ValueError: no base name, or the dataset is not registered.
+    """
+    from detectron2.data import DatasetCatalog
+
+    import objguided_d2  # noqa: F401  (registers the embedded datasets)
+    from objguided_d2.data.register import parse_dataset_spec, register_dataset_spec
+
+    for spec in specs:
+        register_dataset_spec(spec)
+    base = dataset_name or (parse_dataset_spec(specs[-1])[0] if specs else None)
+    if base is None:
+        raise ValueError("give --dataset-name or --dataset NAME=FORMAT:PATH")
+    dataset = f"{base}_{split}"
+    if dataset not in DatasetCatalog.list():
+        raise ValueError(f"dataset {dataset!r} is not registered; give --dataset NAME=FORMAT:PATH")
+    return dataset
+
+
+def finished_runs(compare_dir: str, methods: Optional[Sequence[str]] = None) -> Tuple[str, List[str]]:
+    """``(DIR/runs, run ids)``: the given ids, or every run with a ``model_final.pth``.
+
+    Raises:
+        ValueError: ``compare_dir`` has no ``runs/`` folder, or a given run has no final model.
+    """
+    runs_dir = os.path.join(compare_dir, "runs")
+    if not os.path.isdir(runs_dir):
+        raise ValueError(f"{runs_dir}: not a tools/compare.py output folder (no runs/)")
+    if methods:
+        for m in methods:
+            for f in ("config.yaml", "model_final.pth"):
+                if not os.path.isfile(os.path.join(runs_dir, m, f)):
+                    raise ValueError(f"{m}: {os.path.join(runs_dir, m, f)} not found (train it with tools/compare.py first)")
+        return runs_dir, list(methods)
+    ids = sorted(d for d in os.listdir(runs_dir) if os.path.isfile(os.path.join(runs_dir, d, "model_final.pth")))
+    if not ids:
+        raise ValueError(f"{runs_dir}: no finished run (model_final.pth)")
+    return runs_dir, ids

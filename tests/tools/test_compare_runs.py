@@ -1,0 +1,26 @@
+"""Reading a compare folder for the diagnostics (objguided_d2.comparison.runs)."""
+import pytest
+
+from objguided_d2.comparison.runs import finished_runs, resolve_dataset
+
+
+def test_finished_runs(tmp_path):
+    with pytest.raises(ValueError, match="no runs/"):
+        finished_runs(str(tmp_path))
+    (tmp_path / "runs" / "a").mkdir(parents=True)
+    (tmp_path / "runs" / "b").mkdir()
+    with pytest.raises(ValueError, match="no finished run"):
+        finished_runs(str(tmp_path))
+    (tmp_path / "runs" / "b" / "model_final.pth").write_bytes(b"x")
+    (tmp_path / "runs" / "b" / "config.yaml").write_text("x")
+    assert finished_runs(str(tmp_path)) == (str(tmp_path / "runs"), ["b"])
+    with pytest.raises(ValueError, match="a: .*config.yaml not found"):
+        finished_runs(str(tmp_path), ["a"])
+
+
+def test_resolve_dataset():
+    assert resolve_dataset([], "synth_leaves_tiny", "test") == "synth_leaves_tiny_test"
+    with pytest.raises(ValueError, match="not registered"):
+        resolve_dataset([], "nope", "test")
+    with pytest.raises(ValueError, match="give --dataset-name"):
+        resolve_dataset([], None, "test")
