@@ -37,26 +37,18 @@ def get_parser() -> argparse.ArgumentParser:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = get_parser().parse_args(argv)
-    import torch
     from detectron2.checkpoint import DetectionCheckpointer
-    from detectron2.data import DatasetCatalog
     from detectron2.utils.logger import setup_logger
 
     import objguided_d2  # noqa: F401
     from objguided_d2.comparison.presets import display_name
-    from objguided_d2.comparison.runs import finished_runs, resolve_dataset
+    from objguided_d2.comparison.runs import open_compare_dir
     from objguided_d2.engine.train_net import load_config
     from objguided_d2.engine.trainer import Trainer
     from objguided_d2.evaluation import build_evaluators
 
     setup_logger(name="objguided_d2")
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    try:
-        dataset = resolve_dataset(args.dataset, args.dataset_name, args.split)
-        runs_dir, ids = finished_runs(args.compare_dir, args.methods)
-    except ValueError as e:
-        sys.exit(str(e))
+    dataset, runs_dir, ids = open_compare_dir(args)
     table: Dict[str, Dict[int, Dict[str, float]]] = {}
     for mid in ids:
         run = os.path.join(runs_dir, mid)

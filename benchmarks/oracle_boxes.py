@@ -36,24 +36,17 @@ def get_parser() -> argparse.ArgumentParser:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = get_parser().parse_args(argv)
-    import torch
     from detectron2.checkpoint import DetectionCheckpointer
     from detectron2.data import DatasetCatalog
 
     import objguided_d2  # noqa: F401  (registers the embedded datasets)
     from objguided_d2.comparison.presets import display_name
-    from objguided_d2.comparison.runs import finished_runs, resolve_dataset
+    from objguided_d2.comparison.runs import open_compare_dir
     from objguided_d2.engine.train_net import load_config
     from objguided_d2.engine.trainer import Trainer
     from objguided_d2.evaluation.oracle import THIN_THRESHOLD, oracle_object_ious, summarize_oracle
 
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    try:
-        dataset = resolve_dataset(args.dataset, args.dataset_name, args.split)
-        runs_dir, ids = finished_runs(args.compare_dir, args.methods)
-    except ValueError as e:
-        sys.exit(str(e))
+    dataset, runs_dir, ids = open_compare_dir(args)
     dicts = DatasetCatalog.get(dataset)
     rows, objects = [], {}
     for mid in ids:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from typing import List, Optional, Sequence, Tuple
 
-__all__ = ["resolve_dataset", "finished_runs"]
+__all__ = ["resolve_dataset", "finished_runs", "open_compare_dir"]
 
 
 def resolve_dataset(specs: Sequence[str], dataset_name: Optional[str], split: str) -> str:
@@ -50,3 +50,21 @@ def finished_runs(compare_dir: str, methods: Optional[Sequence[str]] = None) -> 
     if not ids:
         raise ValueError(f"{runs_dir}: no finished run (model_final.pth)")
     return runs_dir, ids
+
+
+def open_compare_dir(args) -> Tuple[str, str, List[str]]:
+    """A diagnostic's common start from its parsed arguments (``threads``, ``dataset``,
+    ``dataset_name``, ``split``, ``compare_dir``, ``methods``): sets the torch threads and returns
+    ``(test dataset, runs dir, run ids)``; exits with the message on a bad argument."""
+    import sys
+
+    import torch
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    try:
+        dataset = resolve_dataset(args.dataset, args.dataset_name, args.split)
+        runs_dir, ids = finished_runs(args.compare_dir, args.methods)
+    except ValueError as e:
+        sys.exit(str(e))
+    return dataset, runs_dir, ids
