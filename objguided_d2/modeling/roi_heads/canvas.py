@@ -410,34 +410,33 @@ def segment_instance_norm(
     xm = x[0] if gaps_are_zero else x[0].mul_(mask)
     shelves = lay.row_shelf[:rows]
     num_shelves = int(shelves[-1]) + 1
-    shelf_rows = torch.bincount(shelves, minlength=num_shelves)
     col_slot = lay.col_slot[: num_shelves * lay.width].clamp(max=n)
     zero = x.new_zeros((C, 1))
 
-    def per_pixel(v):  # (C, n) per slot -> (C, rows, W): shelf rows, repeated down each shelf
-        rows_of_shelf = torch.cat([v.to(x.dtype), zero], 1).index_select(1, col_slot)
-        return rows_of_shelf.reshape(C, num_shelves, lay.width).repeat_interleave(shelf_rows, dim=1)
+    def per_shelf(v):  # (C, n) per slot -> (C, S, W): each shelf's row of per-slot values
+        return torch.cat([v.to(x.dtype), zero], 1).index_select(1, col_slot).reshape(C, num_shelves, lay.width)
 
     mean = segment_sums(xm, lay, n) / cnt
     if not (torch.is_grad_enabled() and x.requires_grad):
         # Inference: the same two passes in place, shelf by shelf, so that no per-pixel copy of
         # the statistics is made (the per-slot values broadcast down each shelf's rows).
         spans = [(a, min(b, rows)) for a, b in lay.shelf_spans[:num_shelves]]
-
-        def per_shelf(v):  # (C, n) -> (C, S, 1, W)
-            return torch.cat([v.to(x.dtype), zero], 1).index_select(1, col_slot).reshape(
-                C, num_shelves, 1, lay.width)
-
         m = per_shelf(mean)
         for s, (a, b) in enumerate(spans):
-            xm[:, a:b].sub_(m[:, s])
+            xm[:, a:b].sub_(m[:, s, None])
         xm.mul_(mask)  # 0 in the gaps again (also below shorter ROIs of a shelf)
         sq = torch.stack([xm[:, a:b].square().sum(1) for a, b in spans], 1)  # (C, S, W)
         var = _shelf_sums_to_slots(sq, lay, n) / cnt
         r = per_shelf(torch.rsqrt(var + eps))
         for s, (a, b) in enumerate(spans):
-            xm[:, a:b].mul_(r[:, s])
+            xm[:, a:b].mul_(r[:, s, None])
         return xm[None]
+    # Training (autograd through the statistics): per-pixel copies, out of place.
+    shelf_rows = torch.bincount(shelves, minlength=num_shelves)
+
+    def per_pixel(v):  # (C, n) -> (C, rows, W): each shelf's row repeated down the shelf
+        return per_shelf(v).repeat_interleave(shelf_rows, dim=1)
+
     d = (xm - per_pixel(mean)).mul_(mask)  # 0 in the gaps (also below shorter ROIs of a shelf)
     var = segment_sums(d * d, lay, n) / cnt
     return (d * per_pixel(torch.rsqrt(var + eps)))[None]
