@@ -23,7 +23,8 @@ from detectron2.data import detection_utils as utils
 from detectron2.data import transforms as T
 from detectron2.structures import Boxes, Instances
 
-from .evaluator import gt_instances_from_dict
+from .evaluator import _segmentation_to_rle, gt_instances_from_dict
+from .paper_ap import mask_iou
 
 __all__ = ["THIN_THRESHOLD", "thin_fraction", "oracle_object_ious", "summarize_oracle"]
 
@@ -85,8 +86,8 @@ def oracle_object_ious(model, dataset_dicts: Sequence[Dict], *, min_size_test: i
             res = model.inference(inputs, detected_instances=[det])[0]["instances"].to("cpu")
             pred = {}
             if len(res) and res.has("pred_masks"):
-                idx = torch.cdist(res.scores[:, None].float(), det.scores[:, None]).argmin(1).tolist()
-                pred = {i: m.numpy() for i, m in zip(idx, res.pred_masks)}
+                idx = (res.scores[:, None].float() - det.scores[None]).abs().argmin(1).tolist()
+                pred = {i: m for i, m in zip(idx, res.pred_masks.numpy())}
             gt_masks = mask_util.decode(gt.masks).astype(bool)  # (h, w, G)
             for i in range(n):
                 g = gt_masks[:, :, i]
@@ -94,8 +95,8 @@ def oracle_object_ious(model, dataset_dicts: Sequence[Dict], *, min_size_test: i
                 if p is None:
                     iou = 0.0
                 else:
-                    union = np.logical_or(p, g).sum()
-                    iou = float(np.logical_and(p, g).sum() / union) if union else 0.0
+                    rle = _segmentation_to_rle(p, h, w, f"{record['file_name']}, predicted mask {i}")
+                    iou = float(mask_iou([rle], [gt.masks[i]])[0, 0])
                 out.append({"image": record["file_name"], "iou": iou, "thin": thin_fraction(g),
                             "area": int(g.sum())})
     finally:
