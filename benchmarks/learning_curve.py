@@ -12,7 +12,6 @@ with the same evaluators as ``tools/compare.py`` and prints one markdown table p
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import tempfile
@@ -42,7 +41,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
     import objguided_d2  # noqa: F401
     from objguided_d2.comparison.presets import display_name
-    from objguided_d2.comparison.runs import open_compare_dir
+    from objguided_d2.comparison.runs import open_compare_dir, write_report
     from objguided_d2.engine.train_net import load_config
     from objguided_d2.engine.trainer import Trainer
     from objguided_d2.evaluation import build_evaluators
@@ -71,8 +70,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             table[mid][it] = {k: float(paper.get(k, float("nan"))) for k in METRICS}
             print(f"{mid} @ {it + 1}: {table[mid][it]}", flush=True)
     lines = [f"Learning curves on `{dataset}` (paper metrics in percent, at the saved checkpoints).", ""]
+    names = [display_name(m) for m in ids]
     for metric in METRICS:
-        names = [display_name(m) if display_name(m) != m else m for m in ids]
         lines += [f"**{metric}**", "", "| iteration | " + " | ".join(names) + " |", "|---:|" + "---:|" * len(ids)]
         for it in args.iters:
             cells = [f"{table[m][it][metric]:.2f}" if it in table[m] else "–" for m in ids]
@@ -81,11 +80,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     text = "\n".join(lines)
     print(text)
     if args.output:
-        os.makedirs(os.path.dirname(os.path.abspath(args.output)), exist_ok=True)
-        with open(args.output, "w") as f:
-            f.write(text)
-        with open(os.path.splitext(args.output)[0] + ".json", "w") as f:
-            json.dump({"dataset": dataset, "table": table}, f)
+        write_report(args.output, text, {"dataset": dataset, "table": table})
     return 0
 
 

@@ -13,7 +13,6 @@ Each method segments every test object from the object's own ground-truth box
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 from typing import List, Optional, Sequence
@@ -41,7 +40,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
     import objguided_d2  # noqa: F401  (registers the embedded datasets)
     from objguided_d2.comparison.presets import display_name
-    from objguided_d2.comparison.runs import open_compare_dir
+    from objguided_d2.comparison.runs import open_compare_dir, write_report
     from objguided_d2.engine.train_net import load_config
     from objguided_d2.engine.trainer import Trainer
     from objguided_d2.evaluation.oracle import THIN_THRESHOLD, oracle_object_ious, summarize_oracle
@@ -59,7 +58,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         objs = oracle_object_ious(model, dicts, min_size_test=cfg.INPUT.MIN_SIZE_TEST,
                                   max_size_test=cfg.INPUT.MAX_SIZE_TEST, input_format=cfg.INPUT.FORMAT)
         objects[mid] = objs
-        name = display_name(mid) if display_name(mid) != mid else mid
+        name = display_name(mid)
         rows.append((name, summarize_oracle(objs)))
         print(f"{name}: {rows[-1][1]}", flush=True)
     keys = ["all n", "all mIoU", "all IoU>0.5", "all IoU>0.75", "thin n", "thin mIoU", "thin IoU>0.5", "compact mIoU"]
@@ -77,11 +76,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     text = "\n".join(lines)
     print(text)
     if args.output:
-        os.makedirs(os.path.dirname(os.path.abspath(args.output)), exist_ok=True)
-        with open(args.output, "w") as f:
-            f.write(text + "\n")
-        with open(os.path.splitext(args.output)[0] + ".json", "w") as f:
-            json.dump({"dataset": dataset, "summary": dict(rows), "objects": objects}, f)
+        write_report(args.output, text, {"dataset": dataset, "summary": dict(rows), "objects": objects})
     return 0
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from typing import List, Optional, Sequence, Tuple
 
-__all__ = ["resolve_dataset", "finished_runs", "open_compare_dir"]
+__all__ = ["resolve_dataset", "finished_runs", "open_compare_dir", "write_report"]
 
 
 def resolve_dataset(specs: Sequence[str], dataset_name: Optional[str], split: str) -> str:
@@ -68,3 +68,13 @@ def open_compare_dir(args) -> Tuple[str, str, List[str]]:
     except ValueError as e:
         sys.exit(str(e))
     return dataset, runs_dir, ids
+
+
+def write_report(path: str, text: str, data) -> None:
+    """A diagnostic's markdown ``text`` to ``path`` and its numbers (``data``) as JSON beside it."""
+    from objguided_d2.data.coco_json import write_json_atomic
+
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    with open(path, "w") as f:
+        f.write(text + "\n")
+    write_json_atomic(data, os.path.splitext(path)[0] + ".json")

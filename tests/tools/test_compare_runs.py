@@ -24,3 +24,14 @@ def test_resolve_dataset():
         resolve_dataset([], "nope", "test")
     with pytest.raises(ValueError, match="give --dataset-name"):
         resolve_dataset([], None, "test")
+
+
+def test_write_report(tmp_path):
+    import json
+
+    from objguided_d2.comparison.runs import write_report
+
+    path = tmp_path / "sub" / "r.md"
+    write_report(str(path), "| a |", {"dataset": "d", "table": {"m": {199: {"APseg": 1.5}}}})
+    assert path.read_text() == "| a |\n"
+    assert json.loads((tmp_path / "sub" / "r.json").read_text()) == {"dataset": "d", "table": {"m": {"199": {"APseg": 1.5}}}}
