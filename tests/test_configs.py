@@ -48,6 +48,7 @@ def test_sampling_ablation_preset_is_table_ii():
     methods = parse_methods(PRESETS["ablation-sampling"].configs)
     assert len(methods) == 9  # W.O. sampling + the 8 strategies
     seen = {}
+    base = load_config(os.path.join(ROOT, "configs/tiny/objguided_R18_tiny.yaml"))
     for m in methods:
         cfg = load_config(m.config_file)
         og = cfg.MODEL.OBJGUIDED
@@ -57,7 +58,6 @@ def test_sampling_ablation_preset_is_table_ii():
         assert og.REFINE_ON, m.id
         seen[m.id] = (og.REFINE_OVERSAMPLE_RATIO, og.REFINE_IMPORTANCE_SAMPLE_RATIO)
         # Apart from the sampling, each variant is the tiny model trained the same way.
-        base = load_config(os.path.join(ROOT, "configs/tiny/objguided_R18_tiny.yaml"))
         for key in ("MODEL.RESNETS.DEPTH", "SOLVER.BASE_LR", "SOLVER.OPTIMIZER", "INPUT.TRAIN_SIZE",
                     "MODEL.OBJGUIDED.MASK_HEAD_CHANNELS"):
             a, b = cfg, base
