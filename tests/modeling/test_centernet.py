@@ -59,6 +59,19 @@ def test_build_targets_reference():
     assert int((hm > 0).sum()) == 26
 
 
+def test_build_targets_radius_from_ceiled_sizes():
+    # The authors' convention: gaussian_radius of the ceil'd integer size in cells. A 14 x 14 px box
+    # at stride 4 is 3.5 cells: the float size gives int(0.96) = 0, the ceil'd 4 cells int(1.09) = 1;
+    # a 28.8 px box (7.2 cells) gives 1 from the float size and 2 from 8 cells.
+    boxes = torch.tensor([[0.0, 0.0, 14.0, 14.0], [40.0, 40.0, 68.8, 68.8], [80.0, 80.0, 92.0, 92.0]])
+    t = build_targets(boxes, torch.tensor([0, 0, 0]), (32, 32), 4, 1)
+    assert int(gaussian_radius((3.5, 3.5))) == 0 and int(gaussian_radius((7.2, 7.2))) == 1
+    # Integer sizes are unchanged by the ceil (12 px = 3 cells: radius 0).
+    assert t["radius"].tolist() == [1, 2, 0] and int(gaussian_radius((3, 3))) == 0
+    t = build_targets(torch.tensor([[0.0, 0.0, 40.0, 40.0]]), torch.tensor([0]), (32, 32), 4, 1)
+    assert t["radius"].tolist() == [int(gaussian_radius((10, 10), 0.7))] == [2]
+
+
 def test_build_targets_multiclass_small_boxes_and_cell_limit():
     # Class 1 object goes to channel 1; a 2-pixel-wide box gets no target.
     boxes = torch.tensor([[0.0, 0.0, 16.0, 16.0], [20.0, 4.0, 22.0, 30.0], [4.0, 4.0, 12.0, 12.0]])

@@ -160,7 +160,9 @@ def build_targets(
 
     radii = []
     for (cx, cy), (w, h), c in zip(cell.long().tolist(), wh.tolist(), cls.tolist()):
-        r = max(0, int(gaussian_radius((h, w), min_overlap)))
+        # The authors (and every CenterNet implementation) take the radius of the ceil'd integer
+        # size in cells; the float size gives a radius 1 smaller for some boxes.
+        r = max(0, int(gaussian_radius((math.ceil(h), math.ceil(w)), min_overlap)))
         draw_gaussian(heatmap[c], (cx, cy), r)
         radii.append(r)
 
