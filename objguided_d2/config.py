@@ -27,6 +27,11 @@ def add_objguided_config(cfg: CN) -> CN:
     _C.INPUT.SQUARE_CROP_SCALES = [0.6, 0.7, 0.8, 0.9, 1.0, 1.1, 1.2, 1.3]
     # Side (pixels) of the square training input every crop is resized to (paper: 512).
     _C.INPUT.TRAIN_SIZE = 512
+    # Beyond the paper (0 = off, the paper's crop-and-resize): > 0 trains on random square crops of
+    # this side (pixels) at native scale, flipped, never resized (cheap iterations on large images
+    # without shrinking the objects). Test on whole images at native size: INPUT.MIN_SIZE_TEST equal
+    # to the images' short side, or 0.
+    _C.INPUT.NATIVE_CROP_SIZE = 0
     # ------------------------------------------------------------------------ training
     # Optimizer: "SGD" (Detectron2's, used by the Mask R-CNN / PointRend baselines) or "ADAM"
     # (the paper: Adam, lr 1.25e-4, constant, no weight decay) or "ADAMW".

@@ -6,8 +6,10 @@ Differences from Detectron2's ``DatasetMapper``:
   work (Detectron2's PIL reader mangles 16-bit data);
 * training augmentation (``INPUT.SQUARE_CROP_ON``): :class:`RandomSquareCrop` with
   ``INPUT.SQUARE_CROP_SCALES``, a random flip (``INPUT.RANDOM_FLIP``, horizontal in the paper,
-  p = 0.5) and a resize to ``INPUT.TRAIN_SIZE`` x ``INPUT.TRAIN_SIZE``; otherwise, and always at
-  test time, Detectron2's default augmentation (``ResizeShortestEdge``);
+  p = 0.5) and a resize to ``INPUT.TRAIN_SIZE`` x ``INPUT.TRAIN_SIZE``; with
+  ``INPUT.NATIVE_CROP_SIZE`` > 0 (beyond the paper) a random fixed-size crop at native scale and
+  the flip, no resize; otherwise, and always at test time, Detectron2's default augmentation
+  (``ResizeShortestEdge``; ``INPUT.MIN_SIZE_TEST`` 0 keeps the native size);
 * boxes are recomputed from the transformed masks (tight after a crop) and instances whose mask
   became empty are dropped;
 * RLE masks are always processed as bitmasks (a polygon would erase one-pixel-wide protrusions);
@@ -31,7 +33,7 @@ from detectron2.data import transforms as T
 from detectron2.structures import BitMasks, PolygonMasks
 
 from .io import DataError, read_image
-from .transforms import RandomSquareCrop
+from .transforms import RandomNativeCrop, RandomSquareCrop
 
 __all__ = ["ObjGuidedDatasetMapper", "build_objguided_augmentation"]
 
@@ -45,12 +47,17 @@ def build_objguided_augmentation(cfg, is_train: bool) -> List[T.Augmentation]:
         if is_train and cfg.INPUT.CROP.ENABLED:
             augs.insert(0, T.RandomCrop(cfg.INPUT.CROP.TYPE, cfg.INPUT.CROP.SIZE))
         return augs
-    size = int(cfg.INPUT.TRAIN_SIZE)
-    augs: List[T.Augmentation] = [RandomSquareCrop(cfg.INPUT.SQUARE_CROP_SCALES)]
+    native = int(cfg.INPUT.get("NATIVE_CROP_SIZE", 0))
+    if native > 0:  # beyond the paper: fixed-size crops at native scale, no resize
+        augs: List[T.Augmentation] = [RandomNativeCrop(native)]
+    else:
+        augs = [RandomSquareCrop(cfg.INPUT.SQUARE_CROP_SCALES)]
     if cfg.INPUT.RANDOM_FLIP != "none":
         augs.append(T.RandomFlip(horizontal=cfg.INPUT.RANDOM_FLIP == "horizontal",
                                  vertical=cfg.INPUT.RANDOM_FLIP == "vertical"))
-    augs.append(T.Resize((size, size)))
+    if native <= 0:
+        size = int(cfg.INPUT.TRAIN_SIZE)
+        augs.append(T.Resize((size, size)))
     return augs
 
 

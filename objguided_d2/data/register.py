@@ -31,7 +31,8 @@ Your own data: pass ``--dataset NAME=FORMAT:PATH[?key=value&key=value...]`` to t
   are) or one COCO JSON file (or a folder with exactly one ``*.json``) split 60/20/20 by image.
   Images are looked up under ``PATH/images`` if it exists, else ``PATH``; option ``image_root``.
 * ``synthetic:FAMILY`` -- an embedded family (``nuclei``, ``neural``, ``leaves``) with options
-  ``image_size``, ``num_train``, ``num_val``, ``num_test``, ``seed``.
+  ``image_size``, ``num_train``, ``num_val``, ``num_test``, ``seed``, ``min_object_size``
+  (pixels; object sizes scale with ``image_size``, this raises the smallest ones).
 
 Options (after ``?``, ``&``-separated): ``seed=0`` (random split), ``ratios=0.6,0.2,0.2``,
 ``splits=FILE`` (a split file elsewhere), ``class=NAME`` (class name; labelfolder ``object``,
@@ -90,11 +91,11 @@ _OPTIONS = {
     "labelfolder": _COMMON_OPTIONS,
     "dsb2018": _COMMON_OPTIONS,
     "cvppp": _COMMON_OPTIONS,
-    "synthetic": {"image_size", "num_train", "num_val", "num_test", "seed"},
+    "synthetic": {"image_size", "num_train", "num_val", "num_test", "seed", "min_object_size"},
 }
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")
-SYNTH_DEFAULT = {"image_size": 256, "num_train": 200, "num_val": 50, "num_test": 50, "seed": 0}
-SYNTH_TINY = {"image_size": 128, "num_train": 16, "num_val": 4, "num_test": 4, "seed": 0}
+SYNTH_DEFAULT = {"image_size": 256, "num_train": 200, "num_val": 50, "num_test": 50, "seed": 0, "min_object_size": 0}
+SYNTH_TINY = {"image_size": 128, "num_train": 16, "num_val": 4, "num_test": 4, "seed": 0, "min_object_size": 0}
 
 
 def parse_dataset_spec(spec: str) -> Tuple[str, str, str, Dict[str, str]]:
@@ -172,10 +173,11 @@ def _register_coco_splits(name: str, json_files: Dict[str, str], image_root: str
 
 
 def synthetic_root(family: str, *, image_size: int, num_train: int, num_val: int, num_test: int, seed: int,
-                   cache: Optional[str] = None) -> str:
+                   min_object_size: int = 0, cache: Optional[str] = None) -> str:
     """Folder of a generated synthetic dataset inside the cache (one per parameter set)."""
+    extra = f"-min{min_object_size}" if min_object_size else ""
     return os.path.join(cache or cache_root(), "synthetic",
-                        f"{family}-{image_size}px-{num_train}-{num_val}-{num_test}-seed{seed}")
+                        f"{family}-{image_size}px-{num_train}-{num_val}-{num_test}-seed{seed}{extra}")
 
 
 def _lazy_loader(name: str, family: str, root: str, params: dict, json_file: str) -> Callable[[], list]:

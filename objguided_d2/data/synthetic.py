@@ -110,7 +110,7 @@ def _fill(canvas_shape, pts: np.ndarray) -> np.ndarray:
 
 
 # ----------------------------------------------------------------------------- nuclei
-def _render_nuclei(rng: np.random.Generator, size: int) -> Tuple[np.ndarray, np.ndarray]:
+def _render_nuclei(rng: np.random.Generator, size: int, min_size: float = 0.0) -> Tuple[np.ndarray, np.ndarray]:
     h = w = size
     fluorescent = rng.random() < 0.6
     n = 0
@@ -124,7 +124,7 @@ def _render_nuclei(rng: np.random.Generator, size: int) -> Tuple[np.ndarray, np.
     dist = np.zeros((h, w), np.float32)
     intens = rng.uniform(0.3, 1.0, size=max(n, 1)).astype(np.float32)
     for i in range(n):
-        r = float(np.clip(r_mean * rng.lognormal(0, 0.35), 2.0, size * 0.12))
+        r = float(np.clip(r_mean * rng.lognormal(0, 0.35), max(2.0, min_size / 2), max(size * 0.12, min_size / 2)))
         if centers and rng.random() < 0.65:
             # Clustered: put it against an existing nucleus (overlap of the ellipses -> a
             # shared, straight-ish boundary after the nearest-centre assignment below).
@@ -208,12 +208,12 @@ def _draw_branch(rng, mask, intensity, x, y, theta, length, width, step, depth, 
     tips.append((x, y, theta))
 
 
-def _render_neural(rng: np.random.Generator, size: int) -> Tuple[np.ndarray, np.ndarray]:
+def _render_neural(rng: np.random.Generator, size: int, min_size: float = 0.0) -> Tuple[np.ndarray, np.ndarray]:
     h = w = size
     n = 0 if rng.random() < _EMPTY_PROB else int(rng.integers(2, 15))
     soma: List[Tuple[float, float, float]] = []
     for i in range(n):
-        rs = size * rng.uniform(0.018, 0.05)
+        rs = max(size * rng.uniform(0.018, 0.05), min_size / 2)
         if soma and rng.random() < 0.5:
             px, py, pr = soma[rng.integers(len(soma))]
             ang, d = rng.uniform(0, 2 * np.pi), (pr + rs) * rng.uniform(1.2, 4.0)
@@ -277,7 +277,7 @@ def _bezier(p0, p1, p2, n):
     return (1 - t) ** 2 * p0 + 2 * (1 - t) * t * p1 + t**2 * p2
 
 
-def _render_leaves(rng: np.random.Generator, size: int) -> Tuple[np.ndarray, np.ndarray]:
+def _render_leaves(rng: np.random.Generator, size: int, min_size: float = 0.0) -> Tuple[np.ndarray, np.ndarray]:
     h = w = size
     # Soil: brown with granules; some trays carry green moss specks (unlabelled distractors).
     soil = np.array([0.36, 0.26, 0.18], np.float32) * rng.uniform(0.7, 1.2, 3).astype(np.float32)
@@ -298,7 +298,7 @@ def _render_leaves(rng: np.random.Generator, size: int) -> Tuple[np.ndarray, np.
     phase = rng.uniform(0, 2 * np.pi)
     for k in range(n):  # k = 0 is the oldest (largest, outermost, painted first = bottom)
         maturity = (1.0 - 0.85 * k / max(n, 1)) * rng.uniform(0.75, 1.1)
-        total = max(3.0, R * maturity)
+        total = max(3.0, R * maturity, float(min_size))
         theta = phase + k * golden + rng.normal(0, 0.2)
         frac = rng.uniform(0.25, 0.5) if total > 10 else rng.uniform(0.0, 0.2)
         lp, lb = frac * total, (1 - frac) * total
@@ -348,15 +348,22 @@ def _render_leaves(rng: np.random.Generator, size: int) -> Tuple[np.ndarray, np.
     return img, label
 
 
-_RENDERERS: Dict[str, Callable[[np.random.Generator, int], Tuple[np.ndarray, np.ndarray]]] = {
+_RENDERERS: Dict[str, Callable[..., Tuple[np.ndarray, np.ndarray]]] = {
     "nuclei": _render_nuclei,
     "neural": _render_neural,
     "leaves": _render_leaves,
 }
 
 
-def render_sample(family: str, image_size: int, seed: int, split: str, index: int) -> Tuple[np.ndarray, np.ndarray]:
+def render_sample(family: str, image_size: int, seed: int, split: str, index: int,
+                  min_object_size: int = 0) -> Tuple[np.ndarray, np.ndarray]:
     """Render one sample in memory.
+
+    Object sizes are drawn relative to ``image_size`` (a larger image shows the same scene at a
+    larger scale, as the paper's resize to 512 px does). ``min_object_size`` (pixels, 0 = the
+    generator's own floor) raises the smallest drawn object: a nucleus' or soma's diameter, a
+    leaf's length; line widths (protrusions, petioles: 1-3 px) are never scaled. With 0 the output
+    is bit-identical to earlier versions.
 
     Returns:
         image: (S, S) uint8 for ``neural``, (S, S, 3) uint8 **RGB** otherwise.
@@ -364,7 +371,7 @@ def render_sample(family: str, image_size: int, seed: int, split: str, index: in
     """
     _check_family(family)
     ss = np.random.SeedSequence([int(seed), FAMILIES.index(family), SPLITS.index(split), int(index)])
-    image, label = _RENDERERS[family](np.random.default_rng(ss), int(image_size))
+    image, label = _RENDERERS[family](np.random.default_rng(ss), int(image_size), float(min_object_size))
     return image, join_diagonal_pieces(label)
 
 
@@ -401,14 +408,17 @@ def _check_family(family: str) -> None:
         raise ValueError(f"unknown synthetic family {family!r}; expected one of {FAMILIES}")
 
 
-def _params(family, image_size, num_train, num_val, num_test, seed) -> dict:
-    return {
+def _params(family, image_size, num_train, num_val, num_test, seed, min_object_size=0) -> dict:
+    params = {
         "family": family,
         "image_size": int(image_size),
         "num": {"train": int(num_train), "val": int(num_val), "test": int(num_test)},
         "seed": int(seed),
         "version": GENERATOR_VERSION,
     }
+    if min_object_size:  # recorded only when set, so datasets cached before the option stay valid
+        params["min_object_size"] = int(min_object_size)
+    return params
 
 
 def synthetic_dataset_ready(root: str, **params) -> bool:
@@ -430,8 +440,11 @@ def generate_synthetic_dataset(
     num_val: int = 50,
     num_test: int = 50,
     seed: int = 0,
+    min_object_size: int = 0,
 ) -> Dict[str, str]:
     """Write a synthetic dataset of ``family`` under ``root`` and return {split: COCO json path}.
+
+    ``min_object_size``: see :func:`render_sample` (0 = the generator's own sizes).
 
     Idempotent: ``root/manifest.json`` records the parameters; an existing dataset with the same
     parameters is reused as is, one with different parameters is replaced. Files are written to a
@@ -441,11 +454,13 @@ def generate_synthetic_dataset(
     _check_family(family)
     if image_size < 16:
         raise ValueError(f"image_size must be >= 16, got {image_size}")
-    for k, v in (("num_train", num_train), ("num_val", num_val), ("num_test", num_test)):
+    for k, v in (("num_train", num_train), ("num_val", num_val), ("num_test", num_test),
+                 ("min_object_size", min_object_size)):
         if v < 0:
             raise ValueError(f"{k} must be >= 0, got {v}")
     root = os.path.abspath(root)
-    kw = dict(family=family, image_size=image_size, num_train=num_train, num_val=num_val, num_test=num_test, seed=seed)
+    kw = dict(family=family, image_size=image_size, num_train=num_train, num_val=num_val, num_test=num_test, seed=seed,
+              min_object_size=min_object_size)
     out = {s: os.path.join(root, f"{s}.json") for s in SPLITS}
     if synthetic_dataset_ready(root, **kw):
         return out
@@ -461,7 +476,7 @@ def generate_synthetic_dataset(
             os.makedirs(lab_dir)
             images, anns = [], []
             for i in range(params["num"][split]):
-                img, label = render_sample(family, image_size, seed, split, i)
+                img, label = render_sample(family, image_size, seed, split, i, min_object_size)
                 stem = f"{split}_{i:05d}"
                 if img.ndim == 3:
                     img = img[:, :, ::-1]  # cv2 writes BGR

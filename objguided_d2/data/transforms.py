@@ -5,13 +5,16 @@ default 0.6, 0.7, ..., 1.3) around a random centre; the part outside the image i
 The trainer then resizes it to ``INPUT.TRAIN_SIZE`` (a fixed square). The centre's x range comes
 from the image width and its y range from the height (the authors' code swaps them, which is
 wrong for non-square images).
+
+``RandomNativeCrop`` (beyond the paper, ``INPUT.NATIVE_CROP_SIZE``) takes a fixed-size square at
+native scale instead, with no resize: cheap iterations on large images without shrinking objects.
 """
 from typing import List, Sequence
 
 import numpy as np
 from detectron2.data.transforms import Augmentation, Transform
 
-__all__ = ["SquareCropPadTransform", "RandomSquareCrop", "clip_polygon_to_rect"]
+__all__ = ["SquareCropPadTransform", "RandomSquareCrop", "RandomNativeCrop", "clip_polygon_to_rect"]
 
 
 def clip_polygon_to_rect(poly: np.ndarray, x1: float, y1: float) -> np.ndarray:
@@ -119,3 +122,25 @@ class RandomSquareCrop(Augmentation):
         cy = np.random.uniform(m * h, (1 - m) * h)  # ... and y from the height (not swapped)
         x0, y0 = int(round(cx - side / 2)), int(round(cy - side / 2))
         return SquareCropPadTransform(x0, y0, side, w, h, pad_value=self.pad_value)
+
+
+class RandomNativeCrop(Augmentation):
+    """A ``size`` x ``size`` square at a uniformly random position, at native scale (no resize).
+
+    The square lies inside the image wherever the image is at least ``size`` along that axis;
+    along a shorter axis it is placed at a random offset around the image and zero padded.
+    """
+
+    def __init__(self, size: int, pad_value: float = 0):
+        super().__init__()
+        if int(size) <= 0:
+            raise ValueError(f"RandomNativeCrop size must be a positive number of pixels, got {size}")
+        self.size = int(size)
+        self.pad_value = pad_value
+
+    def get_transform(self, image: np.ndarray) -> SquareCropPadTransform:
+        h, w = image.shape[:2]
+        # x0 in [0, W - size] when the image is wider than the crop, else in [W - size, 0].
+        x0 = int(np.random.randint(min(0, w - self.size), max(0, w - self.size) + 1))
+        y0 = int(np.random.randint(min(0, h - self.size), max(0, h - self.size) + 1))
+        return SquareCropPadTransform(x0, y0, self.size, w, h, pad_value=self.pad_value)

@@ -10,7 +10,7 @@ from detectron2.structures import BitMasks, BoxMode, PolygonMasks
 from objguided_d2.config import add_objguided_config
 from objguided_d2.data.coco_json import encode_mask
 from objguided_d2.data.dataset_mapper import ObjGuidedDatasetMapper
-from objguided_d2.data.transforms import RandomSquareCrop, SquareCropPadTransform, clip_polygon_to_rect
+from objguided_d2.data.transforms import RandomNativeCrop, RandomSquareCrop, SquareCropPadTransform, clip_polygon_to_rect
 
 
 def _cfg(train_size=64, square=True):
@@ -132,6 +132,40 @@ def test_from_config_train_output_consistent(tmp_path, h, w):
         for m in inst.gt_masks.tensor.numpy():
             assert img[m].mean() > 120
     assert n_seen > 15
+
+
+def test_native_crop_keeps_object_scale(tmp_path):
+    # INPUT.NATIVE_CROP_SIZE: fixed-size crops at native scale (no resize); test stays whole.
+    cfg = _cfg(train_size=64)
+    cfg.INPUT.NATIVE_CROP_SIZE = 48
+    cfg.INPUT.MIN_SIZE_TEST = 0  # whole test images at native size
+    mapper = ObjGuidedDatasetMapper(cfg, True)
+    assert isinstance(mapper.augmentations.augs[0], RandomNativeCrop)
+    assert not any(isinstance(a, T.Resize) for a in mapper.augmentations.augs)
+    h, w = 100, 130
+    d = _sample(tmp_path, h, w, [(10, 10, 30, 24), (60, 40, 90, 80), (100, 70, 128, 99)])
+    np.random.seed(0)
+    sizes = set()
+    for _ in range(30):
+        out = mapper(d)
+        assert out["image"].shape == (3, 48, 48)  # never padded: the image is larger than the crop
+        inst = out["instances"]
+        for m, b in zip(inst.gt_masks.tensor.numpy(), inst.gt_boxes.tensor.numpy()):
+            assert out["image"][0].numpy()[m].mean() > 120
+            # Uncut objects keep their native size (20x14, 30x40, 28x29 px): nothing is rescaled.
+            bw, bh = b[2] - b[0], b[3] - b[1]
+            assert bw <= 30 and bh <= 40
+            if 0 < b[0] and 0 < b[1] and b[2] < 48 and b[3] < 48:
+                sizes.add((round(float(bw)), round(float(bh))))
+    assert sizes & {(20, 14), (30, 40), (28, 29)}
+    test_out = ObjGuidedDatasetMapper(cfg, False)(d)
+    assert test_out["image"].shape == (3, h, w)
+    # A crop larger than the image is zero padded around it at a random offset.
+    small = _sample(tmp_path, 20, 30, [(2, 2, 8, 8)], name="small.png")
+    out = ObjGuidedDatasetMapper(cfg, True)(small)
+    assert out["image"].shape == (3, 48, 48) and int((out["image"][0] == 50).sum()) + int((out["image"][0] == 200).sum()) == 600
+    with pytest.raises(ValueError, match="positive"):
+        RandomNativeCrop(0)
 
 
 def test_zero_objects_and_16bit_image(tmp_path):

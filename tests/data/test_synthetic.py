@@ -172,3 +172,42 @@ def test_neural_cells_are_mostly_one_4_connected_piece():
             fractions.append(stats[1:, 4].max() / m.sum())
     # occlusion by neighbours may still cut a cell, but most of each cell is one 4-connected piece
     assert np.median(fractions) > 0.9
+
+
+def _drawn_sides(family, size, min_object_size, n=6):
+    """Box sides of the objects not cut by the image border, over n train images."""
+    sides = []
+    for i in range(n):
+        _, label = render_sample(family, size, 0, "train", i, min_object_size)
+        for k in np.unique(label)[1:]:
+            ys, xs = np.nonzero(label == k)
+            if xs.min() > 0 and ys.min() > 0 and xs.max() < size - 1 and ys.max() < size - 1:
+                sides.append(max(xs.max() - xs.min() + 1, ys.max() - ys.min() + 1))
+    return np.asarray(sides)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_min_object_size_raises_the_smallest_objects_only(family):
+    # 0 is the generator's own sizes, bit for bit.
+    a, b = render_sample(family, 96, 0, "train", 2), render_sample(family, 96, 0, "train", 2, 0)
+    assert all(np.array_equal(x, y) for x, y in zip(a, b))
+    base, floored = _drawn_sides(family, 96, 0), _drawn_sides(family, 96, 16)
+    assert np.percentile(floored, 10) > np.percentile(base, 10)
+    assert np.percentile(floored, 10) >= 8  # touching neighbours may still hide part of an object
+    # Thin structures keep their width: neural protrusions / leaf stalks stay 1-3 px.
+    if family == "neural":
+        _, label = render_sample(family, 96, 0, "train", 1, 16)
+        opened = cv2.morphologyEx((label > 0).astype(np.uint8), cv2.MORPH_OPEN, np.ones((3, 3), np.uint8))
+        assert ((label > 0) & (opened == 0)).sum() > 0.05 * (label > 0).sum()
+
+
+def test_min_object_size_is_part_of_the_dataset_identity(tmp_path):
+    root = str(tmp_path / "d")
+    generate_synthetic_dataset("nuclei", root, image_size=32, num_train=1, num_val=0, num_test=0)
+    with open(os.path.join(root, "manifest.json")) as f:
+        assert "min_object_size" not in json.load(f)  # caches from before the option stay valid
+    generate_synthetic_dataset("nuclei", root, image_size=32, num_train=1, num_val=0, num_test=0, min_object_size=8)
+    with open(os.path.join(root, "manifest.json")) as f:
+        assert json.load(f)["min_object_size"] == 8
+    with pytest.raises(ValueError, match="min_object_size"):
+        generate_synthetic_dataset("nuclei", root, image_size=32, min_object_size=-1)
