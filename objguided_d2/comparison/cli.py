@@ -217,7 +217,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         f"Dataset: train `{train_name}`, evaluated on `{test_name}`. Shared budget: {budget.iters} iterations, "
         f"batch {budget.batch}, input {size_str}, seed {budget.seed}.",
         "AP in percent: APdec / APseg are the paper's VOC-style AP averaged over IoU 0.50:0.05:0.95 "
-        "(results.json has every threshold); COCO AP from pycocotools; SEG, DET F1, bestDice, FgBgDice in percent; "
+        "(results.json has every threshold); APdec scores the box of each final mask (the authors' evaluation), "
+        "APdec (det box) the detector's own box; COCO AP from pycocotools; SEG, DET F1, bestDice, FgBgDice in percent; "
         "absDiffFG (mean |DiffFG|) in objects per image.",
         f"FPS: {speed_env.get('num_images', settings.speed_images)} test images, one per call, "
         f"{settings.warmup} warm-up calls, median of {settings.repeats} passes, on "

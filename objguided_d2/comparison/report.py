@@ -27,7 +27,8 @@ __all__ = ["COLUMNS", "table_rows", "format_markdown", "write_table_md", "write_
 COLUMNS: List[Tuple[str, str, Optional[int]]] = [
     ("method", "Method", None),
     ("input_size", "Input size", None),
-    ("APdec", "APdec", 2),
+    ("APdec", "APdec", 2),  # box of the final mask (the authors' evaluation)
+    ("APdec_det", "APdec (det box)", 2),  # the detector's own box
     ("APseg", "APseg", 2),
     ("APseg50", "APseg@.5", 2),
     ("APseg75", "APseg@.75", 2),
@@ -74,6 +75,7 @@ def table_rows(method_results: Sequence, input_size: str, output_dir: Optional[s
             "method": r.name,
             "input_size": input_size,
             "APdec": _num(paper.get("APdec")),
+            "APdec_det": _num(paper.get("APdec_det")),
             "APseg": _num(paper.get("APseg")),
             "APseg50": _num(paper.get("APseg50")),
             "APseg75": _num(paper.get("APseg75")),

@@ -5,7 +5,10 @@ them to the main process like Detectron2's evaluators, reads the ground truth fr
 ``DatasetCatalog.get(dataset_name)`` and reports, under ``results["paper"]``:
 
 - ``APseg``/``APdec`` (mean over IoU 0.50:0.05:0.95), ``APseg50``/``APseg75``/``APdec50``/
-  ``APdec75`` — the paper's AP (:mod:`.paper_ap`), percent (0-100) like Detectron2;
+  ``APdec75`` — the paper's AP (:mod:`.paper_ap`), percent (0-100) like Detectron2. APdec scores
+  the box of each final (thresholded, pasted) mask, as the authors' evaluation does;
+  ``APdec_det``/``APdec_det50``/``APdec_det75`` score the detector's own ``pred_boxes`` (for ours
+  the CenterNet box, for the baselines the box head's);
   ``APseg-<class>`` per class when the dataset has more than one class;
 - ``SEG``, ``DET_precision``, ``DET_recall``, ``DET_F1`` (the "DET-like" F1, not CTC DET),
   ``bestDice``, ``FgBgDice`` — percent; ``DiffFG``, ``absDiffFG`` — object counts (mean per
@@ -210,11 +213,14 @@ class PaperMetricsEvaluator(DatasetEvaluator):
                 if len(masks)
                 else []
             )
+            mask_boxes = np.asarray(mask_util.toBbox(rles), dtype=np.float64).reshape(-1, 4) if len(masks) else np.zeros((0, 4))
+            mask_boxes[:, 2:] += mask_boxes[:, :2]  # XYWH -> XYXY; an empty mask gives a zero box
             self._predictions.append(
                 {
                     "image_id": inp["image_id"],
                     "image_size": image_size,
                     "boxes": inst.pred_boxes.tensor.numpy().astype(np.float64),
+                    "mask_boxes": mask_boxes,
                     "scores": inst.scores.numpy().astype(np.float64),
                     "classes": inst.pred_classes.numpy().astype(np.int64),
                     "masks": list(rles),
@@ -276,7 +282,7 @@ class PaperMetricsEvaluator(DatasetEvaluator):
                     f"is not in dataset '{self._dataset_name}'"
                 )
             by_id[p["image_id"]] = p  # an image seen twice (padded sampler) counts once
-        gts, preds, stats = [], [], []
+        gts, preds, preds_mask_box, stats = [], [], [], []
         for image_id, (g, size) in gt.items():
             p = by_id.get(image_id)
             if p is not None and tuple(p["image_size"]) != size:
@@ -288,10 +294,13 @@ class PaperMetricsEvaluator(DatasetEvaluator):
                 pred = ImageInstances(
                     classes=np.zeros(0), boxes=np.zeros((0, 4)), masks=[], scores=np.zeros(0)
                 )
+                mask_box = pred
             else:
                 pred = ImageInstances(p["classes"], p["boxes"], p["masks"], p["scores"])
+                mask_box = ImageInstances(p["classes"], p["mask_boxes"], None, p["scores"])
             gts.append(g)
             preds.append(pred)
+            preds_mask_box.append(mask_box)
             keep = pred.scores >= self._score_thresh
             pred_label = masks_to_label_map(
                 [m for m, k in zip(pred.masks, keep) if k], pred.scores[keep], image_size=size
@@ -300,9 +309,10 @@ class PaperMetricsEvaluator(DatasetEvaluator):
             stats.append(image_challenge_stats(gt_label, pred_label))
 
         seg = paper_ap(gts, preds, "segm", IOU_THRESHOLDS)
-        dec = paper_ap(gts, preds, "bbox", IOU_THRESHOLDS)
+        dec = paper_ap(gts, preds_mask_box, "bbox", IOU_THRESHOLDS)
+        dec_det = paper_ap(gts, preds, "bbox", IOU_THRESHOLDS)
         metrics: Dict[str, float] = OrderedDict()
-        for prefix, res in (("APseg", seg), ("APdec", dec)):
+        for prefix, res in (("APseg", seg), ("APdec", dec), ("APdec_det", dec_det)):
             metrics[prefix] = 100.0 * res["AP"]
             metrics[prefix + "50"] = 100.0 * res["AP50"]
             metrics[prefix + "75"] = 100.0 * res["AP75"]
@@ -317,6 +327,7 @@ class PaperMetricsEvaluator(DatasetEvaluator):
             "iou_thresholds": IOU_THRESHOLDS.tolist(),
             "APseg_curve": (100.0 * seg["curve"]).tolist(),
             "APdec_curve": (100.0 * dec["curve"]).tolist(),
+            "APdec_det_curve": (100.0 * dec_det["curve"]).tolist(),
             "APseg_curve_per_class": {
                 str(c): (100.0 * v).tolist() for c, v in seg["per_class"].items()
             },

@@ -139,6 +139,7 @@ def test_perfect_predictions_give_100(dataset_name, tmp_path):
         "APdec",
         "APdec50",
         "APdec75",
+        "APdec_det",
         "SEG",
         "DET_F1",
         "bestDice",
@@ -166,6 +167,27 @@ def test_shifted_masks_score_lower(dataset_name, tmp_path):
     assert res["segm"]["AP"] < 99.0
     # Shifting keeps the object count.
     assert paper["DiffFG"] == 0.0
+
+
+def test_apdec_scores_the_final_masks_box_and_apdec_det_the_detectors(dataset_name):
+    # Perfect masks with detector boxes that are 40 % too small: the authors' APdec (box of the
+    # final mask) stays 100; the detector-box column sees the loose boxes.
+    inputs, outputs = _perfect(dataset_name)
+    for o in outputs:
+        b = o["instances"].pred_boxes.tensor
+        c, wh = (b[:, :2] + b[:, 2:]) / 2, (b[:, 2:] - b[:, :2]) * 0.6
+        o["instances"].pred_boxes = Boxes(torch.cat([c - wh / 2, c + wh / 2], dim=1))
+    paper = _run(PaperMetricsEvaluator(dataset_name), inputs, outputs)["paper"]
+    assert paper["APdec"] == pytest.approx(100.0) and paper["APseg"] == pytest.approx(100.0)
+    assert paper["APdec_det50"] == pytest.approx(0.0)  # box IoU 0.36 < 0.5 everywhere
+    # Shifted masks with exact detector boxes: the other way round.
+    inputs, outputs = _perfect(dataset_name, shift=3)
+    for o, rec in zip(outputs, DatasetCatalog.get(dataset_name)):
+        gt = gt_instances_from_dict(rec)
+        n = len(o["instances"])
+        o["instances"].pred_boxes = Boxes(torch.from_numpy(gt.boxes[:n]).float())
+    paper = _run(PaperMetricsEvaluator(dataset_name), inputs, outputs)["paper"]
+    assert paper["APdec_det"] == pytest.approx(100.0) and paper["APdec"] < 99.0
 
 
 def test_image_without_predictions(dataset_name, tmp_path):
