@@ -26,6 +26,9 @@ Options (a preset fills in what is not given; without one, the ``demo`` values a
                             configs' own sizes), SEED
   --device cpu|cuda         MODEL.DEVICE for training, evaluation and timing
   --threads N               torch/OpenMP threads of every subprocess (0: torch's default)
+  --jobs N                  methods trained / evaluated at once (default 1): on a CPU machine one
+                            per core with --threads 1; with --device cuda one per GPU (job i sees
+                            GPU i only). Speed (FPS) is then measured beside other jobs.
   --output DIR              where everything goes (runs/<method>/ holds each training)
   --retrain / --reeval      train / evaluate again even when a finished run / evaluation exists
   --speed-images N --warmup W --repeats R    timing: median of R passes over N test images
@@ -85,6 +88,7 @@ def get_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="Detectron2 SEED of every method (default 0)")
     p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
     p.add_argument("--threads", type=int, default=0, help="torch threads of the subprocesses (0: default)")
+    p.add_argument("--jobs", type=int, default=1, help="methods trained and evaluated at once (default 1)")
     p.add_argument("--output", default="compare_output", help="output folder (default compare_output)")
     p.add_argument("--retrain", action="store_true", help="train again even if a finished run exists")
     p.add_argument("--reeval", action="store_true", help="evaluate again even if a valid evaluation exists")
@@ -181,6 +185,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                                 vis_images=args.vis_images, vis_score=args.vis_score)
         if min(settings.speed_images, settings.repeats) < 1 or settings.warmup < 0 or settings.vis_images < 0:
             raise ValueError("--speed-images and --repeats must be >= 1, --warmup and --vis-images >= 0")
+        if args.jobs < 1:
+            raise ValueError(f"--jobs must be >= 1, got {args.jobs}")
         device = args.device or _default_device()
         if device.startswith("cuda"):
             import torch
@@ -203,7 +209,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
     runner = MethodRunner(
         out, budget=budget, datasets=args.dataset, train_name=train_name, test_name=test_name, device=device,
-        user_opts=opts, eval_settings=settings, threads=args.threads, retrain=args.retrain, reeval=args.reeval,
+        user_opts=opts, eval_settings=settings, threads=args.threads, jobs=args.jobs, retrain=args.retrain,
+        reeval=args.reeval,
     )
     results = runner.run(methods)
 
@@ -259,7 +266,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     settings_dict = {
         "preset": args.preset, "train": train_name, "test": test_name, "datasets": args.dataset,
         "iters": budget.iters, "batch": budget.batch, "input_size": budget.input_size, "seed": budget.seed,
-        "device": device, "threads": args.threads, "opts": opts, "retrain": args.retrain,
+        "device": device, "threads": args.threads, "jobs": args.jobs, "opts": opts, "retrain": args.retrain,
         "speed_images": settings.speed_images, "warmup": settings.warmup, "repeats": settings.repeats,
         "vis_images": settings.vis_images, "vis_score": settings.vis_score,
     }

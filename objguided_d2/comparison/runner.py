@@ -16,6 +16,10 @@ Per method, under ``DIR/runs/<id>/`` (``<id>`` from :class:`~.presets.Method`):
 
 A failing method is recorded with its stage, the reason (the exception line of its console) and
 the log path; the next method still runs.
+
+``jobs`` > 1 trains and evaluates that many methods at once, each in its own subprocesses (one
+per core of a CPU machine with ``threads`` 1; one per GPU with ``device`` cuda: job slot i sees
+only GPU i through ``CUDA_VISIBLE_DEVICES``, or the i-th of the devices it already lists).
 """
 from __future__ import annotations
 
@@ -25,9 +29,12 @@ import os
 import re
 import shlex
 import shutil
+import queue
 import subprocess
 import sys
+import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from typing import Callable, Dict, List, Optional, Sequence
 
@@ -252,6 +259,7 @@ class MethodRunner:
         user_opts: config overrides for every method.
         eval_settings: evaluation / timing settings.
         threads: torch / OpenMP threads of the subprocesses (0: their default).
+        jobs: methods trained and evaluated at once (see the module docstring).
         retrain: train even when a finished run exists.
         reeval: evaluate even when a valid evaluation exists.
         log: where progress lines go (default: print to stdout).
@@ -270,6 +278,7 @@ class MethodRunner:
         user_opts: Sequence[str] = (),
         eval_settings: EvalSettings = EvalSettings(),
         threads: int = 0,
+        jobs: int = 1,
         retrain: bool = False,
         reeval: bool = False,
         log: Optional[Callable[[str], None]] = None,
@@ -284,6 +293,10 @@ class MethodRunner:
         self.user_opts = list(user_opts)
         self.eval_settings = eval_settings
         self.threads = int(threads)
+        if int(jobs) < 1:
+            raise ValueError(f"jobs must be >= 1, got {jobs}")
+        self.jobs = int(jobs)
+        self._slot = threading.local()  # the job slot (GPU index) of the calling worker thread
         self.retrain = retrain
         self.reeval = reeval
         self.log = log or (lambda s: print(s, flush=True))
@@ -302,6 +315,10 @@ class MethodRunner:
         if self.threads > 0:
             for k in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
                 env[k] = str(self.threads)
+        slot = getattr(self._slot, "index", None)
+        if slot is not None and self.jobs > 1 and self.device.startswith("cuda"):
+            visible = [d for d in env.get("CUDA_VISIBLE_DEVICES", "").split(",") if d.strip()]
+            env["CUDA_VISIBLE_DEVICES"] = visible[slot % len(visible)] if visible else str(slot)
         return env
 
     def _dataset_args(self) -> List[str]:
@@ -487,21 +504,40 @@ class MethodRunner:
         return True
 
     # ------------------------------------------------------------------ all
+    def _run_one(self, m: Method, i: int, n: int) -> MethodResult:
+        res = MethodResult(id=m.id, name=m.name, config_file=m.config_file, run_dir=self.run_dir(m))
+        position = f"[{i + 1}/{n}]"
+        # Methods still waiting for a slot after this one (the ETA of the rest).
+        remaining = max(0, n - i - self.jobs) if self.jobs > 1 else n - i - 1
+        try:
+            ok = self.train(m, res, position, remaining=remaining) and self.evaluate(m, res, position)
+        except Exception as e:  # noqa: BLE001  (one method's problem must not stop the others)
+            ok = False
+            res.stage = res.stage or "setup"
+            res.reason = f"{type(e).__name__}: {e}"
+            res.log = res.log or os.path.join(self.run_dir(m), "console.txt")
+            self.log(f"{position} {m.name}: FAILED: {res.reason}")
+        res.status = "ok" if ok else "FAILED"
+        return res
+
     def run(self, methods: Sequence[Method]) -> List[MethodResult]:
-        """Train (or reuse) and evaluate every method; never raises for one method's failure."""
-        results = []
+        """Train (or reuse) and evaluate every method, ``jobs`` at a time; the results come in
+        the order of ``methods``. Never raises for one method's failure."""
         n = len(methods)
-        for i, m in enumerate(methods):
-            res = MethodResult(id=m.id, name=m.name, config_file=m.config_file, run_dir=self.run_dir(m))
-            position = f"[{i + 1}/{n}]"
+        if self.jobs == 1 or n <= 1:
+            return [self._run_one(m, i, n) for i, m in enumerate(methods)]
+        slots: "queue.Queue[int]" = queue.Queue()
+        for k in range(self.jobs):
+            slots.put(k)
+
+        def work(i: int, m: Method) -> MethodResult:
+            self._slot.index = slots.get()
             try:
-                ok = self.train(m, res, position, remaining=n - i - 1) and self.evaluate(m, res, position)
-            except Exception as e:  # noqa: BLE001  (one method's problem must not stop the others)
-                ok = False
-                res.stage = res.stage or "setup"
-                res.reason = f"{type(e).__name__}: {e}"
-                res.log = res.log or os.path.join(self.run_dir(m), "console.txt")
-                self.log(f"{position} {m.name}: FAILED: {res.reason}")
-            res.status = "ok" if ok else "FAILED"
-            results.append(res)
-        return results
+                return self._run_one(m, i, n)
+            finally:
+                slots.put(self._slot.index)
+                self._slot.index = None
+
+        with ThreadPoolExecutor(max_workers=self.jobs) as pool:
+            futures = [pool.submit(work, i, m) for i, m in enumerate(methods)]
+            return [f.result() for f in futures]

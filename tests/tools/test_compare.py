@@ -13,7 +13,7 @@ import pytest
 from objguided_d2.comparison import plots
 from objguided_d2.comparison.presets import PRESETS, parse_methods
 from objguided_d2.comparison.report import COLUMNS
-from objguided_d2.comparison.runner import Budget, config_chain, failure_reason, run_key
+from objguided_d2.comparison.runner import Budget, MethodRunner, config_chain, failure_reason, run_key
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 COMPARE = os.path.join(ROOT, "tools", "compare.py")
@@ -59,7 +59,7 @@ def test_compare_end_to_end(tmp_path, env):
     out = tmp_path / "cmp"
     broken = _broken_config(tmp_path)
     args = ["--dataset", SPEC, "--configs", MASK_RCNN, POINTREND, f"broken={broken}", *FAST, "--output", str(out)]
-    rc, log = _compare(args, env)
+    rc, log = _compare([*args, "--jobs", "2"], env)  # two methods at once; results keep the order
     assert rc == 1, log[-4000:]  # one method failed
 
     # --- the failed method is reported; the others finished
@@ -200,3 +200,48 @@ def test_crowded_window_and_colorize():
     col = plots.colorize(img, gt)
     assert col.shape == img.shape and (col[0, 0] == 100).all() and not (col[41, 61] == 100).all()
     assert not np.array_equal(col[41, 61], col[41, 66])  # two instances, two colours
+
+
+def _runner(tmp_path, **kw):
+    return MethodRunner(str(tmp_path), budget=Budget(iters=1, batch=1, input_size=None, seed=0), datasets=[],
+                        train_name="a_train", test_name="a_test", log=lambda s: None, **kw)
+
+
+def test_jobs_run_methods_at_once_in_order(tmp_path, monkeypatch):
+    import threading
+    import time
+
+    methods = parse_methods([f"m{i}={MASK_RCNN}" for i in range(5)])
+    runner = _runner(tmp_path, device="cpu", jobs=2)
+    lock, running, peak, seen_slots = threading.Lock(), [0], [0], set()
+
+    def fake_train(method, res, position, remaining):
+        with lock:
+            running[0] += 1
+            peak[0] = max(peak[0], running[0])
+            seen_slots.add(runner._slot.index)
+        time.sleep(0.2)
+        with lock:
+            running[0] -= 1
+        return method.id != "m3"  # one failure must not stop the others
+
+    monkeypatch.setattr(runner, "train", fake_train)
+    monkeypatch.setattr(runner, "evaluate", lambda method, res, position: True)
+    results = runner.run(methods)
+    assert [r.id for r in results] == ["m0", "m1", "m2", "m3", "m4"]
+    assert [r.status for r in results] == ["ok", "ok", "ok", "FAILED", "ok"]
+    assert peak[0] == 2 and seen_slots == {0, 1}
+    with pytest.raises(ValueError, match="jobs"):
+        _runner(tmp_path, device="cpu", jobs=0)
+
+
+def test_jobs_give_each_slot_its_own_gpu(tmp_path, monkeypatch):
+    runner = _runner(tmp_path, device="cuda", jobs=2)
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    runner._slot.index = 1
+    assert runner._env()["CUDA_VISIBLE_DEVICES"] == "1"
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "4,5")
+    runner._slot.index = 0
+    assert runner._env()["CUDA_VISIBLE_DEVICES"] == "4"
+    # One job, or the CPU: the environment is left as it is.
+    assert _runner(tmp_path, device="cpu", jobs=2)._env()["CUDA_VISIBLE_DEVICES"] == "4,5"
