@@ -80,6 +80,15 @@ def add_objguided_config(cfg: CN) -> CN:
     og.REG_LOSS = "l1"
     # Objects whose box is <= this many input pixels in either side get no heatmap target.
     og.MIN_BOX_SIZE = 2.0
+    # Beyond the paper (0 = off): every Gaussian radius is at least this many cells (a radius-0
+    # object has one positive cell with full-weight negatives right next to it).
+    og.MIN_GAUSSIAN_RADIUS = 0
+    # Beyond the paper (0 = off): the (2r+1)^2 cells around each centre are positives of the
+    # focal loss (heatmap 1) and regress wh / offset too (FCOS-style centre sampling), r in cells.
+    og.POSITIVE_RADIUS = 0
+    # Beyond the paper (0 = off): weight of a GIoU loss between the box decoded from the predicted
+    # wh and offset at each positive cell and the object's box (beside the L1 wh loss).
+    og.GIOU_LOSS_WEIGHT = 0.0
     # Loss weights (code): total = hm + 0.1*wh + off + 2*seg + refine.
     og.HEATMAP_LOSS_WEIGHT = 1.0
     og.WH_LOSS_WEIGHT = 0.1

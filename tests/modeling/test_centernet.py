@@ -93,6 +93,54 @@ def test_build_targets_multiclass_small_boxes_and_cell_limit():
         build_targets(boxes, torch.tensor([0, 0, 2]), (8, 8), 4, 2)
 
 
+def test_build_targets_min_radius_and_positive_cells():
+    boxes = torch.tensor([[8.0, 8.0, 16.0, 16.0], [0.0, 0.0, 6.0, 6.0]])  # 2x2 and 1.5x1.5 cells
+    paper = build_targets(boxes, torch.tensor([0, 0]), (16, 16), 4, 1)
+    assert paper["radius"].tolist() == [0, 0] and int((paper["heatmap"] == 1).sum()) == 2
+    t = build_targets(boxes, torch.tensor([0, 0]), (16, 16), 4, 1, min_radius=2)
+    assert t["radius"].tolist() == [2, 2]
+    assert int((t["heatmap"] > 0).sum()) > int((paper["heatmap"] > 0).sum())
+    # positive_radius 1: 3x3 positives per centre (4 for the centre in the corner cell (0, 0)).
+    t = build_targets(boxes, torch.tensor([0, 0]), (16, 16), 4, 1, positive_radius=1)
+    assert len(t["indices"]) == 9 + 4 and int((t["heatmap"] == 1).sum()) == 13
+    assert t["heatmap"][0, 2:5, 2:5].eq(1).all()
+    # Every positive regresses its object's size, and the offset points back at the true centre.
+    cells = torch.stack([t["indices"] % 16, t["indices"] // 16], dim=1).float()
+    centres = (t["boxes"][:, :2] + t["boxes"][:, 2:]) / 2
+    torch.testing.assert_close(cells + t["offset"], centres)
+    torch.testing.assert_close(t["boxes"][:, 2:] - t["boxes"][:, :2], t["wh"])
+    assert sorted(t["wh"].unique().tolist()) == [1.5, 2.0]
+    # With positive_radius 0 the outputs are the paper's.
+    for k in ("indices", "wh", "offset", "classes"):
+        assert torch.equal(paper[k], build_targets(boxes, torch.tensor([0, 0]), (16, 16), 4, 1)[k])
+
+
+def test_giou_loss_option():
+    gen = _generator(num_classes=1, GIOU_LOSS_WEIGHT=2.0).train()
+    with torch.no_grad():  # positive sizes (the L1 wh loss gets them there within a few steps)
+        gen.wh_head[-1].bias.fill_(3.0)
+        gen.offset_head[-1].bias.fill_(2.5)  # off centre: the offset gets a gradient too
+    gts = [_gt((64, 64), [[10.0, 12.0, 30.0, 20.0]], [0])]
+    images = ImageList(torch.zeros(1, 3, 64, 64), [(64, 64)])
+    feats = {"d2": torch.randn(1, 8, 16, 16)}
+    with EventStorage():
+        _, losses = gen(images, feats, gts)
+    assert 0 < float(losses["loss_giou"]) <= 2 * 2.0
+    losses["loss_giou"].backward()
+    assert gen.wh_head[0].weight.grad.abs().sum() > 0 and gen.offset_head[0].weight.grad.abs().sum() > 0
+    # A perfect box prediction at the centre cell has GIoU loss 0.
+    with torch.no_grad():
+        for p in list(gen.wh_head.parameters()) + list(gen.offset_head.parameters()):
+            p.zero_()
+        gen.wh_head[-1].bias.copy_(torch.tensor([20 / 4, 8 / 4]))
+        gen.offset_head[-1].bias.copy_(torch.tensor([(20 / 4) % 1, (16 / 4) % 1]))
+    with EventStorage():
+        _, losses = gen(images, feats, gts)
+    assert float(losses["loss_giou"]) < 1e-5
+    with pytest.raises(ValueError, match="POSITIVE_RADIUS"):
+        _generator(POSITIVE_RADIUS=-1)
+
+
 def test_draw_gaussian_max_merge_and_border():
     hm = torch.zeros(5, 5)
     draw_gaussian(hm, (0, 0), 2)  # cropped at the corner
@@ -203,7 +251,8 @@ def test_from_config_and_heads():
     assert gen.wh_head[0].kernel_size == (7, 7) and gen.wh_head[2].kernel_size == (7, 7)
     assert gen.offset_head[0].kernel_size == (3, 3) and gen.offset_head[2].kernel_size == (1, 1)
     torch.testing.assert_close(gen.heatmap_head[-1].bias, torch.full((3,), -math.log(9.0)))
-    assert gen.loss_weights == {"loss_heatmap": 1.0, "loss_wh": 0.1, "loss_offset": 1.0}
+    assert gen.loss_weights == {"loss_heatmap": 1.0, "loss_wh": 0.1, "loss_offset": 1.0, "loss_giou": 0.0}
+    assert gen.min_radius == 0 and gen.positive_radius == 0  # the paper's targets by default
     with pytest.raises(ValueError, match="DET_IN_FEATURE"):
         build_proposal_generator(_cfg(), {"d3": ShapeSpec(channels=8, stride=8)})
     with pytest.raises(ValueError, match="REG_LOSS"):

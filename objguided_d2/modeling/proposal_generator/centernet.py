@@ -12,6 +12,7 @@ from typing import Dict, List, Optional, Tuple
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torchvision.ops import generalized_box_iou_loss
 
 from detectron2.config import configurable
 from detectron2.layers import ShapeSpec
@@ -60,6 +61,8 @@ class CenterNetProposalGenerator(nn.Module):
         focal_beta: float = 4.0,
         reg_loss: str = "l1",
         min_box_size: float = 2.0,
+        min_radius: int = 0,
+        positive_radius: int = 0,
         loss_weights: Optional[Dict[str, float]] = None,
         topk: int = 500,
         score_thresh: float = 0.3,
@@ -77,8 +80,11 @@ class CenterNetProposalGenerator(nn.Module):
             focal_alpha, focal_beta: focal loss exponents.
             reg_loss: "l1" or "smooth_l1" for wh and offset.
             min_box_size: boxes <= this (input pixels) in either side get no target.
-            loss_weights: {"loss_heatmap", "loss_wh", "loss_offset"} -> weight
-                (default 1, 0.1, 1).
+            min_radius, positive_radius: beyond the paper (0 = off), see
+                :func:`~.centernet_utils.build_targets`.
+            loss_weights: {"loss_heatmap", "loss_wh", "loss_offset", "loss_giou"} -> weight
+                (default 1, 0.1, 1, 0). A positive "loss_giou" weight adds a GIoU loss of the box
+                decoded from the predicted wh and offset (beyond the paper; 0 = off).
             topk: K peaks kept per image; score_thresh: keep peaks scoring above it.
         """
         super().__init__()
@@ -109,7 +115,14 @@ class CenterNetProposalGenerator(nn.Module):
         self.focal_beta = float(focal_beta)
         self.reg_loss = reg_loss
         self.min_box_size = float(min_box_size)
-        weights = {"loss_heatmap": 1.0, "loss_wh": 0.1, "loss_offset": 1.0}
+        if min_radius < 0 or positive_radius < 0:
+            raise ValueError(
+                f"MODEL.OBJGUIDED.MIN_GAUSSIAN_RADIUS / POSITIVE_RADIUS must be >= 0, got "
+                f"{min_radius} / {positive_radius}"
+            )
+        self.min_radius = int(min_radius)
+        self.positive_radius = int(positive_radius)
+        weights = {"loss_heatmap": 1.0, "loss_wh": 0.1, "loss_offset": 1.0, "loss_giou": 0.0}
         weights.update(loss_weights or {})
         self.loss_weights = weights
         self.topk = int(topk)
@@ -153,10 +166,13 @@ class CenterNetProposalGenerator(nn.Module):
             "focal_beta": og.FOCAL_BETA,
             "reg_loss": og.REG_LOSS,
             "min_box_size": og.MIN_BOX_SIZE,
+            "min_radius": og.MIN_GAUSSIAN_RADIUS,
+            "positive_radius": og.POSITIVE_RADIUS,
             "loss_weights": {
                 "loss_heatmap": og.HEATMAP_LOSS_WEIGHT,
                 "loss_wh": og.WH_LOSS_WEIGHT,
                 "loss_offset": og.OFFSET_LOSS_WEIGHT,
+                "loss_giou": og.GIOU_LOSS_WEIGHT,
             },
             "topk": og.TOPK,
             "score_thresh": og.SCORE_THRESH_TEST,
@@ -185,7 +201,8 @@ class CenterNetProposalGenerator(nn.Module):
                 ``gt_classes``.
         Returns:
             proposals: N ``Instances`` (see class docstring), by decreasing score.
-            losses: {"loss_heatmap", "loss_wh", "loss_offset"} (weighted) in training, else {}.
+            losses: {"loss_heatmap", "loss_wh", "loss_offset"} (weighted; and "loss_giou" when its
+                weight is positive) in training, else {}.
         """
         if self.in_feature not in features:
             raise KeyError(
@@ -230,7 +247,7 @@ class CenterNetProposalGenerator(nn.Module):
             logits: (N, C, H, W); wh, offset: (N, 2, H, W).
         """
         n, _, h, w = logits.shape
-        heatmaps, indices, wh_t, off_t = [], [], [], []
+        heatmaps, indices, wh_t, off_t, box_t = [], [], [], [], []
         for i, inst in enumerate(gt_instances):
             if not inst.has("gt_boxes") or not inst.has("gt_classes"):
                 raise ValueError(
@@ -245,11 +262,14 @@ class CenterNetProposalGenerator(nn.Module):
                 self.num_classes,
                 min_overlap=self.min_overlap,
                 min_box_size=self.min_box_size,
+                min_radius=self.min_radius,
+                positive_radius=self.positive_radius,
             )
             heatmaps.append(t["heatmap"])
             indices.append(t["indices"] + i * h * w)  # flat index into the batch
             wh_t.append(t["wh"])
             off_t.append(t["offset"])
+            box_t.append(t["boxes"])
         gt_heatmap = torch.stack(heatmaps)
         indices = torch.cat(indices)
         num = max(indices.numel(), 1)
@@ -267,11 +287,21 @@ class CenterNetProposalGenerator(nn.Module):
         loss_heatmap = focal_loss(logits, gt_heatmap, self.focal_alpha, self.focal_beta)
         loss_wh = reg(gather(wh), torch.cat(wh_t))
         loss_offset = reg(gather(offset), torch.cat(off_t))
-        return {
+        losses = {
             "loss_heatmap": loss_heatmap * self.loss_weights["loss_heatmap"],
             "loss_wh": loss_wh * self.loss_weights["loss_wh"],
             "loss_offset": loss_offset * self.loss_weights["loss_offset"],
         }
+        if self.loss_weights["loss_giou"] > 0:
+            # The box the decoder would output from each positive cell, in cells. A negative
+            # predicted size gets no GIoU gradient; the L1 wh loss keeps sizes positive.
+            pix = indices % (h * w)
+            cell = torch.stack([pix % w, pix // w], dim=1).to(wh.dtype)
+            centre, size = cell + gather(offset), gather(wh).clamp(min=0)
+            pred = torch.cat([centre - size / 2, centre + size / 2], dim=1)
+            giou = generalized_box_iou_loss(pred, torch.cat(box_t), reduction="sum") / num
+            losses["loss_giou"] = giou * self.loss_weights["loss_giou"]
+        return losses
 
     def decode(
         self,

@@ -103,12 +103,20 @@ def build_targets(
     *,
     min_overlap: float = 0.7,
     min_box_size: float = 2.0,
+    min_radius: int = 0,
+    positive_radius: int = 0,
 ) -> Dict[str, torch.Tensor]:
     """Targets of one image.
 
     Boxes are first clipped to the grid's extent in input pixels (W*n, H*n); an object whose
-    clipped box is <= ``min_box_size`` pixels in either side gets no target. K is the number of
+    clipped box is <= ``min_box_size`` pixels in either side gets no target. M' is the number of
     remaining objects, never more than H*W (extra objects are dropped, in input order).
+
+    Two options beyond the paper (0 = the paper): ``min_radius`` raises every Gaussian radius to
+    at least that many cells; ``positive_radius`` r makes the (2r+1)^2 cells around each centre
+    (inside the grid) positives: heatmap 1 there, and wh / offset regressed there too (offset =
+    centre - cell, so it may leave [0, 1)), which gives small objects more than one positive.
+    K = M' with ``positive_radius`` 0, else the number of (object, positive cell) pairs.
 
     Args:
         boxes: (M, 4) XYXY in input-image pixels.
@@ -119,12 +127,13 @@ def build_targets(
     Returns:
         dict with
           "heatmap": (C, H, W) float32 Gaussian targets (1 exactly at each centre cell),
-          "indices": (K,) int64 flat index y*W + x of each centre cell,
+          "indices": (K,) int64 flat index y*W + x of each centre (positive) cell,
           "wh": (K, 2) float32 (w/n, h/n),
-          "offset": (K, 2) float32 (cx/n - x, cy/n - y) in [0, 1),
+          "offset": (K, 2) float32 (cx/n - x, cy/n - y), in [0, 1) at the centre cell,
           "mask": (K,) bool (all True: objects without a target are removed, not masked),
           "classes": (K,) int64,
-          "radius": (K,) int64 Gaussian radius in cells.
+          "radius": (M',) int64 Gaussian radius in cells,
+          "boxes": (K, 4) float32 the object's box XYXY in cells (what a box loss compares with).
     """
     if boxes.dim() != 2 or boxes.shape[-1] != 4:
         raise ValueError(f"build_targets: boxes must be (M, 4) XYXY, got {tuple(boxes.shape)}")
@@ -162,19 +171,31 @@ def build_targets(
     for (cx, cy), (w, h), c in zip(cell.long().tolist(), wh.tolist(), cls.tolist()):
         # The authors (and every CenterNet implementation) take the radius of the ceil'd integer
         # size in cells; the float size gives a radius 1 smaller for some boxes.
-        r = max(0, int(gaussian_radius((math.ceil(h), math.ceil(w)), min_overlap)))
+        r = max(int(min_radius), int(gaussian_radius((math.ceil(h), math.ceil(w)), min_overlap)))
         draw_gaussian(heatmap[c], (cx, cy), r)
         radii.append(r)
 
     cell = cell.long()
+    obj = torch.arange(len(cell), device=device)
+    if positive_radius > 0 and len(cell):
+        d = torch.arange(-int(positive_radius), int(positive_radius) + 1, device=device)
+        dy, dx = torch.meshgrid(d, d, indexing="ij")
+        pos = cell[:, None, :] + torch.stack([dx.flatten(), dy.flatten()], dim=1)[None]  # (M', P, 2)
+        inside = (pos[..., 0] >= 0) & (pos[..., 0] < width) & (pos[..., 1] >= 0) & (pos[..., 1] < height)
+        obj = obj[:, None].expand(inside.shape)[inside]
+        cell = pos[inside]
+        heatmap[cls[obj], cell[:, 1], cell[:, 0]] = 1.0
+        offset = center[obj] - cell.to(center.dtype)
+    boxes_cells = torch.cat([center - wh / 2, center + wh / 2], dim=1)[obj]
     return {
         "heatmap": heatmap,
         "indices": cell[:, 1] * width + cell[:, 0],
-        "wh": wh.float(),
+        "wh": wh[obj].float(),
         "offset": offset.float(),
         "mask": torch.ones(len(cell), dtype=torch.bool, device=device),
-        "classes": cls,
+        "classes": cls[obj],
         "radius": torch.tensor(radii, dtype=torch.long, device=device),
+        "boxes": boxes_cells.float(),
     }
 
 
