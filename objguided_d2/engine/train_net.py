@@ -105,6 +105,8 @@ def cli(argv=None):
     args = get_parser().parse_args(argv)
     print("Command Line Args:", args)
     try:
+        if args.num_gpus * args.num_machines > 1:
+            load_config(args.config_file, args.opts)  # refused here, in one line, not in every worker
         return launch(
             main,
             args.num_gpus,

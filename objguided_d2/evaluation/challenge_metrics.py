@@ -26,10 +26,9 @@ Shape legend: H, W image size; K instances; G GT objects, P predicted objects of
 
 from __future__ import annotations
 
-from typing import Dict, List, Optional, Sequence, Tuple, Union
+from typing import Dict, Optional, Sequence, Tuple, Union
 
 import numpy as np
-from pycocotools import mask as mask_util
 
 from objguided_d2.utils.label_map import paint_label_map
 
