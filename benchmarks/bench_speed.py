@@ -92,7 +92,7 @@ def _build(name: str, device: str, num: int):
     import torch
     from detectron2.modeling import build_model
 
-    from objguided_d2.engine.train_net import load_config
+    from objguided_d2.config import load_config
 
     cfg_file, opts = MODELS[name]
     opts = list(opts) + ["MODEL.WEIGHTS", "", "MODEL.DEVICE", device,

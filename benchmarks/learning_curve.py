@@ -30,19 +30,18 @@ def get_parser() -> argparse.ArgumentParser:
     p.add_argument("--iters", nargs="+", type=int, default=[199, 399, 599, 799, 999],
                    help="checkpoint iterations (model_<iter:07d>.pth; the last may be model_final.pth)")
     p.add_argument("--threads", type=int, default=0)
+    p.add_argument("--trust-pickle", action="store_true", help="allow checkpoints that need full unpickling")
     p.add_argument("--output", default=None, help="markdown file (a .json beside it)")
     return p
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = get_parser().parse_args(argv)
-    from detectron2.checkpoint import DetectionCheckpointer
     from detectron2.utils.logger import setup_logger
 
     import objguided_d2  # noqa: F401
     from objguided_d2.comparison.presets import display_name
-    from objguided_d2.comparison.runs import open_compare_dir, write_report
-    from objguided_d2.engine.train_net import load_config
+    from objguided_d2.comparison.runs import load_run, open_compare_dir, write_report
     from objguided_d2.engine.trainer import Trainer
     from objguided_d2.evaluation import build_evaluators
 
@@ -51,10 +50,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     table: Dict[str, Dict[int, Dict[str, float]]] = {}
     for mid in ids:
         run = os.path.join(runs_dir, mid)
-        cfg = load_config(os.path.join(run, "config.yaml"),
-                          ["MODEL.DEVICE", "cpu", "MODEL.WEIGHTS", "", "DATASETS.TEST", f"('{dataset}',)"])
-        model = Trainer.build_model(cfg)
-        model.eval()
+        opts = ["MODEL.DEVICE", "cpu", "MODEL.WEIGHTS", "", "DATASETS.TEST", f"('{dataset}',)"]
         table[mid] = {}
         for it in args.iters:
             ckpt = os.path.join(run, f"model_{it:07d}.pth")
@@ -63,7 +59,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             if not os.path.isfile(ckpt):
                 print(f"{mid}: no checkpoint for iteration {it}, skipped", flush=True)
                 continue
-            DetectionCheckpointer(model).load(ckpt)
+            cfg, model = load_run(run, opts, trust_pickle=args.trust_pickle, weights=ckpt)
             with tempfile.TemporaryDirectory() as tmp:
                 res = Trainer.test(cfg, model, evaluators=[build_evaluators(cfg, dataset, tmp)])
             paper = dict(res).get("paper", {})

@@ -29,20 +29,18 @@ def get_parser() -> argparse.ArgumentParser:
     p.add_argument("--split", default="test", help="split evaluated (default test)")
     p.add_argument("--methods", nargs="+", default=None, help="run folder names (default: every finished run)")
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: default)")
+    p.add_argument("--trust-pickle", action="store_true", help="allow checkpoints that need full unpickling")
     p.add_argument("--output", default=None, help="markdown file to write (a .json with every object beside it)")
     return p
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = get_parser().parse_args(argv)
-    from detectron2.checkpoint import DetectionCheckpointer
     from detectron2.data import DatasetCatalog
 
     import objguided_d2  # noqa: F401  (registers the embedded datasets)
     from objguided_d2.comparison.presets import display_name
-    from objguided_d2.comparison.runs import open_compare_dir, write_report
-    from objguided_d2.engine.train_net import load_config
-    from objguided_d2.engine.trainer import Trainer
+    from objguided_d2.comparison.runs import load_run, open_compare_dir, write_report
     from objguided_d2.evaluation.oracle import THIN_THRESHOLD, oracle_object_ious, summarize_oracle
 
     dataset, runs_dir, ids = open_compare_dir(args)
@@ -50,11 +48,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     rows, objects = [], {}
     for mid in ids:
         run = os.path.join(runs_dir, mid)
-        cfg_file, weights = os.path.join(run, "config.yaml"), os.path.join(run, "model_final.pth")
-        cfg = load_config(cfg_file, ["MODEL.DEVICE", "cpu", "MODEL.WEIGHTS", ""])
-        model = Trainer.build_model(cfg)
-        DetectionCheckpointer(model).load(weights)
-        model.eval()
+        cfg, model = load_run(run, ["MODEL.DEVICE", "cpu", "MODEL.WEIGHTS", ""], trust_pickle=args.trust_pickle,
+                              weights=os.path.join(run, "model_final.pth"))
         objs = oracle_object_ious(model, dicts, min_size_test=cfg.INPUT.MIN_SIZE_TEST,
                                   max_size_test=cfg.INPUT.MAX_SIZE_TEST, input_format=cfg.INPUT.FORMAT)
         objects[mid] = objs

@@ -2,7 +2,13 @@
 
 Defaults are the paper's / the authors' code's values (method card, ``../shared/method-card.md``);
 where paper and code differ the code is the default and the paper's choice is an option.
+
+:func:`load_config` is the one way a config file is read (safe YAML, ``_BASE_`` files included).
 """
+import logging
+import os
+from typing import List, Sequence
+
 from detectron2.config import CfgNode as CN
 
 
@@ -149,3 +155,129 @@ def add_objguided_config(cfg: CN) -> CN:
     # Score threshold of predictions painted into the challenge metrics' label maps (AP uses all).
     _C.TEST.PAPER_METRICS_SCORE_THRESH = 0.0
     return cfg
+
+
+# ================================================================================ loading
+# The one way configs come in: tools/train_net.py, tools/predict.py (also a model folder's
+# config.yaml), tools/compare.py and its worker, benchmarks/ and the diagnostics all call
+# load_config; the comparison's run keys hash the files of config_chain.
+
+_POINTREND_DEFAULT_NUM_CLASSES = 80
+
+
+class ConfigError(ValueError):
+    """A config file (or one of its ``_BASE_`` files, or an override) is missing, not YAML, holds a
+    YAML Python tag, or sets a key / value the config does not have. The message names the file
+    (or the override) in one line."""
+
+
+def _read_yaml(path: str, child: str) -> dict:
+    import yaml
+
+    where = path if path == child else f"{path} (a _BASE_ of {child})"
+    if not os.path.isfile(path):
+        raise ConfigError(f"{where}: config file not found")
+    try:
+        with open(path) as f:
+            data = yaml.safe_load(f)  # never yaml.unsafe_load: a tag must not construct objects
+    except yaml.constructor.ConstructorError as e:
+        tag = f" {e.problem.split('tag', 1)[-1].strip()}" if e.problem and "tag" in e.problem else ""
+        line = f" (line {e.problem_mark.line + 1})" if e.problem_mark is not None else ""
+        raise ConfigError(f"{where}: YAML Python tag{tag}{line} refused: config files are plain YAML and "
+                          "are never allowed to construct Python objects or run code") from None
+    except (yaml.YAMLError, UnicodeDecodeError) as e:
+        msg = " ".join(str(e).split())
+        raise ConfigError(f"{where}: not valid YAML ({msg})") from None
+    except OSError as e:
+        raise ConfigError(f"{where}: cannot read config ({e})") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{where}: expected a YAML mapping of config keys, got a {type(data).__name__}")
+    return data
+
+
+def config_chain(config_file: str) -> List[str]:
+    """``config_file`` and every ``_BASE_`` it inherits from (absolute paths, child first), each read
+    with ``yaml.safe_load`` and checked; ``_BASE_`` is resolved as Detectron2 does (relative to the
+    file that names it, ``~`` expanded; a list of bases allowed). URLs are not fetched.
+
+    Raises:
+        ConfigError: naming the file that is missing, not YAML or has a Python tag, or a cycle.
+    """
+    top = os.path.abspath(config_file)
+    chain: List[str] = []
+    todo = [top]
+    while todo:
+        path = todo.pop()
+        if path in chain:
+            raise ConfigError(f"{config_file}: _BASE_ cycle through {path}")
+        data = _read_yaml(path, top)
+        chain.append(path)
+        bases = data.get("_BASE_") or []
+        for base in [bases] if isinstance(bases, str) else bases:
+            if not isinstance(base, str):
+                raise ConfigError(f"{path}: _BASE_ must be a file name or a list of them, got {base!r}")
+            if base.startswith(("http://", "https://")):
+                raise ConfigError(f"{path}: _BASE_ {base} is a URL; config files are not downloaded")
+            base = os.path.expanduser(base)
+            todo.append(os.path.normpath(base if os.path.isabs(base) else os.path.join(os.path.dirname(path), base)))
+    return chain
+
+
+def load_config(config_file: str, opts: Sequence[str] = (), *, allow_cuda_fallback: bool = True) -> CN:
+    """get_cfg -> :func:`add_objguided_config` -> the YAML file (and its ``_BASE_`` files) -> ``opts``;
+    not frozen.
+
+    Every file of the chain is read with ``yaml.safe_load`` first (:func:`config_chain`), and
+    Detectron2's ``merge_from_file`` runs with ``allow_unsafe=False`` (its default falls back to
+    ``yaml.unsafe_load``, which runs ``!!python/object/apply:`` tags). Python (``.py``) configs are
+    not executed. ``MODEL.POINT_HEAD.NUM_CLASSES`` is derived from ``MODEL.ROI_HEADS.NUM_CLASSES``
+    (or a conflict refused). With ``allow_cuda_fallback``, ``MODEL.DEVICE cuda`` without CUDA
+    becomes ``cpu`` with a warning.
+
+    Raises:
+        ConfigError: one line naming the file (or the override) and the problem.
+    """
+    from detectron2.config import get_cfg
+
+    if not config_file:
+        raise ConfigError("--config-file is required (a YAML file under configs/)")
+    if not os.path.isfile(config_file):
+        raise ConfigError(f"--config-file {config_file}: file not found")
+    if os.path.splitext(config_file)[1].lower() not in (".yaml", ".yml"):
+        raise ConfigError(f"--config-file {config_file}: expected a .yaml/.yml file (Python configs are not executed)")
+    config_chain(config_file)
+    cfg = get_cfg()
+    add_objguided_config(cfg)
+    try:
+        cfg.merge_from_file(config_file, allow_unsafe=False)
+    except Exception as e:  # unknown key, wrong type, old version: Detectron2 / yacs raise many types
+        raise ConfigError(f"{config_file}: {_one_line(e)}") from None
+    try:
+        cfg.merge_from_list(list(opts or []))
+    except Exception as e:
+        raise ConfigError(f"config overrides {' '.join(map(str, opts))!r}: {_one_line(e)}") from None
+    if allow_cuda_fallback and cfg.MODEL.DEVICE.startswith("cuda"):
+        import torch
+
+        if not torch.cuda.is_available():
+            logging.getLogger("objguided_d2").warning(
+                "MODEL.DEVICE=%s but CUDA is not available: using the CPU", cfg.MODEL.DEVICE)
+            cfg.MODEL.DEVICE = "cpu"
+    # One NUM_CLASSES: PointRend keeps a second copy in POINT_HEAD; derive it, or refuse a conflict.
+    n = cfg.MODEL.ROI_HEADS.NUM_CLASSES
+    if cfg.MODEL.POINT_HEAD.NUM_CLASSES != n:
+        if cfg.MODEL.POINT_HEAD.NUM_CLASSES == _POINTREND_DEFAULT_NUM_CLASSES:
+            cfg.MODEL.POINT_HEAD.NUM_CLASSES = n
+        else:
+            raise ConfigError(
+                f"{config_file}: MODEL.POINT_HEAD.NUM_CLASSES={cfg.MODEL.POINT_HEAD.NUM_CLASSES} differs from "
+                f"MODEL.ROI_HEADS.NUM_CLASSES={n}; set only MODEL.ROI_HEADS.NUM_CLASSES"
+            )
+    return cfg
+
+
+def _one_line(e: Exception) -> str:
+    msg = " ".join(str(e.args[0] if isinstance(e, KeyError) and e.args else e).split())
+    return f"{type(e).__name__}: {msg}" if msg else type(e).__name__

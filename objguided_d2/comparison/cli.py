@@ -157,6 +157,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     import objguided_d2  # noqa: F401  (registers the embedded datasets)
     from detectron2.data import DatasetCatalog
 
+    from objguided_d2.config import load_config
     from objguided_d2.data.register import parse_dataset_spec, register_dataset_spec
 
     from . import plots, report
@@ -174,6 +175,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                 raise ValueError(f"dataset {n!r} is not registered; give --dataset NAME=FORMAT:PATH or one of "
                                  f"--dataset-name {', '.join(bases)}")
         methods = parse_methods(args.configs or preset.configs)
+        for m in methods:  # every method's config (and _BASE_ files) read safely, before any training
+            load_config(m.config_file)
         input_size = preset.input_size if args.input_size is None else (args.input_size or None)
         budget = Budget(
             iters=preset.iters if args.iters is None else args.iters,

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import csv
 import datetime
-import json
 import math
 import os
 import platform
@@ -18,10 +17,12 @@ import subprocess
 import sys
 from typing import Dict, List, Optional, Sequence, Tuple
 
+from objguided_d2.utils.io import write_json
+
 from .presets import REPO_ROOT
 
 __all__ = ["COLUMNS", "table_rows", "format_markdown", "write_table_md", "write_table_csv", "write_results_json",
-           "write_reproduce_md", "environment_info", "json_safe"]
+           "write_reproduce_md", "environment_info"]
 
 # (key in a row, header, decimals); metric rows come from results["paper"|"bbox"|"segm"].
 COLUMNS: List[Tuple[str, str, Optional[int]]] = [
@@ -158,25 +159,8 @@ def write_table_csv(rows: Sequence[Dict], path: str) -> None:
             w.writerow({k: ("" if row.get(k) is None else row.get(k)) for k in keys})
 
 
-def json_safe(x):
-    """NaN / inf -> None, tuples -> lists, numpy scalars -> Python (strict JSON)."""
-    if isinstance(x, dict):
-        return {str(k): json_safe(v) for k, v in x.items()}
-    if isinstance(x, (list, tuple)):
-        return [json_safe(v) for v in x]
-    if hasattr(x, "item") and not isinstance(x, (str, bytes)):
-        try:
-            x = x.item()
-        except (TypeError, ValueError):
-            pass
-    if isinstance(x, float) and (math.isnan(x) or math.isinf(x)):
-        return None
-    return x
-
-
 def write_results_json(path: str, payload: Dict) -> None:
-    with open(path, "w") as f:
-        json.dump(json_safe(payload), f, indent=2, allow_nan=False)
+    write_json(path, payload, indent=2, overwrite=True)
 
 
 def _git(*args: str) -> str:

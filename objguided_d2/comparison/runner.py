@@ -38,7 +38,8 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from typing import Callable, Dict, List, Optional, Sequence
 
-import yaml
+from objguided_d2.config import config_chain
+from objguided_d2.utils.io import atomic_write, write_json
 
 from .presets import REPO_ROOT, Method
 
@@ -114,28 +115,6 @@ class MethodResult:
 
     def to_dict(self) -> Dict:
         return asdict(self)
-
-
-def config_chain(config_file: str) -> List[str]:
-    """``config_file`` and every ``_BASE_`` it inherits from (absolute paths, child first)."""
-    chain, todo = [], [os.path.abspath(config_file)]
-    while todo:
-        path = todo.pop()
-        if path in chain:
-            raise ValueError(f"{config_file}: _BASE_ cycle through {path}")
-        if not os.path.isfile(path):
-            raise FileNotFoundError(f"{config_file}: config (or its _BASE_) {path} not found")
-        chain.append(path)
-        with open(path) as f:
-            data = yaml.safe_load(f) or {}
-        base = data.get("_BASE_") if isinstance(data, dict) else None
-        if base:
-            if base.startswith("~"):
-                base = os.path.expanduser(base)
-            if not os.path.isabs(base):
-                base = os.path.join(os.path.dirname(path), base)
-            todo.append(os.path.normpath(base))
-    return chain
 
 
 def file_sha256(path: str) -> str:
@@ -362,10 +341,7 @@ class MethodRunner:
 
     @staticmethod
     def _write_meta(run_dir: str, meta: Dict) -> None:
-        tmp = os.path.join(run_dir, RUN_META + ".tmp")
-        with open(tmp, "w") as f:
-            json.dump(meta, f, indent=2)
-        os.replace(tmp, os.path.join(run_dir, RUN_META))
+        write_json(os.path.join(run_dir, RUN_META), meta, indent=2, overwrite=True)
 
     def train(self, method: Method, res: MethodResult, position: str, remaining: int) -> bool:
         d = self.run_dir(method)
@@ -498,8 +474,7 @@ class MethodRunner:
         self._eval_seconds.append(wall)
         with open(eval_json) as f:
             res.eval = json.load(f)
-        with open(key_file, "w") as f:
-            f.write(key + "\n")
+        atomic_write(key_file, lambda f: f.write(key + "\n"), mode="w", overwrite=True)
         self.log(f"{position} {method.name}: evaluated in {_fmt_eta(wall)}")
         return True
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from typing import List, Optional, Sequence, Tuple
 
-__all__ = ["resolve_dataset", "finished_runs", "open_compare_dir", "write_report"]
+__all__ = ["resolve_dataset", "finished_runs", "open_compare_dir", "write_report", "load_run"]
 
 
 def resolve_dataset(specs: Sequence[str], dataset_name: Optional[str], split: str) -> str:
@@ -72,9 +72,31 @@ def open_compare_dir(args) -> Tuple[str, str, List[str]]:
 
 def write_report(path: str, text: str, data) -> None:
     """A diagnostic's markdown ``text`` to ``path`` and its numbers (``data``) as JSON beside it."""
-    from objguided_d2.data.coco_json import write_json_atomic
+    from objguided_d2.utils.io import atomic_write, write_json
 
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    with open(path, "w") as f:
-        f.write(text + "\n")
-    write_json_atomic(data, os.path.splitext(path)[0] + ".json")
+    atomic_write(path, lambda f: f.write(text + "\n"), mode="w", overwrite=True)
+    write_json(os.path.splitext(path)[0] + ".json", data, sort_keys=True, compact=True, overwrite=True)
+
+
+def load_run(run_dir: str, opts=(), *, trust_pickle: bool = False, weights: Optional[str] = None):
+    """``(cfg, model)`` of a trained run for a diagnostic: ``run_dir/config.yaml`` through the one
+    config loader (``opts`` after it), the model built and put in eval mode, ``weights`` (if given)
+    loaded through the one weight loader. Exits with one line naming the file when the config or
+    the weights are refused."""
+    import sys
+
+    from objguided_d2.config import ConfigError, load_config
+    from objguided_d2.engine.checkpoint import ObjGuidedCheckpointer
+    from objguided_d2.engine.safe_load import UntrustedFileError
+    from objguided_d2.engine.trainer import Trainer
+
+    try:
+        cfg = load_config(os.path.join(run_dir, "config.yaml"), list(opts))
+        model = Trainer.build_model(cfg)
+        if weights:
+            ObjGuidedCheckpointer(model, trust_pickle=trust_pickle).load(weights)
+    except (ConfigError, UntrustedFileError) as e:
+        sys.exit(f"{type(e).__name__}: {e}")
+    model.eval()
+    return cfg, model

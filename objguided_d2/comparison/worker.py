@@ -27,6 +27,9 @@ from typing import Dict, Optional, Sequence
 import numpy as np
 import torch
 
+from objguided_d2.utils.io import atomic_write, write_json
+from objguided_d2.utils.label_map import paint_label_map
+
 __all__ = ["get_parser", "label_map_from_instances", "main"]
 
 logger = logging.getLogger("objguided_d2.comparison")
@@ -57,40 +60,27 @@ def label_map_from_instances(instances, score_thresh: float, mask_threshold: flo
     """
     inst = instances.to("cpu")
     h, w = (int(s) for s in inst.image_size)
-    out = np.zeros((h, w), dtype=np.int32)
     if len(inst) == 0:
-        return out
+        return np.zeros((h, w), dtype=np.int32)
     scores = inst.scores.numpy()
     masks = inst.pred_masks
     masks = (masks if masks.dtype == torch.bool else masks >= mask_threshold).numpy()
     order = [i for i in np.argsort(scores, kind="stable") if scores[i] >= score_thresh]
-    for k, i in enumerate(order, start=1):
-        out[masks[i]] = k
-    return out
-
-
-def _nan_safe(x):
-    if isinstance(x, dict):
-        return {str(k): _nan_safe(v) for k, v in x.items()}
-    if isinstance(x, (list, tuple)):
-        return [_nan_safe(v) for v in x]
-    if isinstance(x, (np.floating, np.integer)):
-        x = x.item()
-    if isinstance(x, float) and (x != x or x in (float("inf"), float("-inf"))):
-        return None
-    return x
+    # Painting in ascending order, later on top == the reverse order taking the free pixels.
+    out, _ = paint_label_map(masks, (h, w), priority=order[::-1], labels=list(range(len(order), 0, -1)))
+    return out.astype(np.int32)
 
 
 def run(args: argparse.Namespace) -> Dict:
     import objguided_d2  # noqa: F401  (registers the model, datasets, evaluators)
-    from detectron2.checkpoint import DetectionCheckpointer
     from detectron2.data import DatasetCatalog
     from detectron2.utils.logger import setup_logger
 
     from objguided_d2.comparison.speed import count_parameters, measure_speed
     from objguided_d2.data.dataset_mapper import ObjGuidedDatasetMapper
     from objguided_d2.data.register import register_dataset_spec
-    from objguided_d2.engine.train_net import load_config
+    from objguided_d2.config import load_config
+    from objguided_d2.engine.checkpoint import ObjGuidedCheckpointer
     from objguided_d2.engine.trainer import Trainer
     from objguided_d2.evaluation import build_evaluators
 
@@ -110,7 +100,7 @@ def run(args: argparse.Namespace) -> Dict:
     cfg = load_config(args.config_file, opts + ["DATASETS.TEST", f"('{args.test_dataset}',)"])
     cfg.freeze()
     model = Trainer.build_model(cfg)
-    DetectionCheckpointer(model).load(args.weights)
+    ObjGuidedCheckpointer(model, trust_pickle=cfg.MODEL.TRUST_PICKLE).load(args.weights)
     model.eval()
 
     evaluator = build_evaluators(cfg, args.test_dataset, args.output)
@@ -137,7 +127,8 @@ def run(args: argparse.Namespace) -> Dict:
         for i in range(n_vis):
             out = model([inputs[i]])[0]
             vis[str(i)] = label_map_from_instances(out["instances"], args.vis_score, mask_thr)
-    np.savez_compressed(os.path.join(args.output, "qualitative.npz"), **vis)
+    atomic_write(os.path.join(args.output, "qualitative.npz"), lambda tmp: np.savez_compressed(tmp, **vis),
+                 overwrite=True)
 
     report = {
         "results": results,
@@ -153,14 +144,21 @@ def run(args: argparse.Namespace) -> Dict:
         "num_test_images": len(records),
         "weights": os.path.abspath(args.weights),
     }
-    with open(os.path.join(args.output, "eval.json"), "w") as f:
-        json.dump(_nan_safe(report), f, indent=2)
+    write_json(os.path.join(args.output, "eval.json"), report, indent=2, overwrite=True)
     return report
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
+    from objguided_d2.config import ConfigError
+    from objguided_d2.engine.safe_load import UntrustedFileError
+
     args = get_parser().parse_args(argv)
-    run(args)
+    try:
+        run(args)
+    except (ConfigError, UntrustedFileError) as e:
+        # One line, in the form the runner's failure_reason reads from the console log.
+        print(f"{type(e).__name__}: {e}", file=sys.stderr)
+        return 2
     return 0
 
 

@@ -4,9 +4,6 @@ Masks are stored as compressed RLE (``counts`` a str) so one-pixel-wide structur
 leaf stalks) survive exactly; polygons would round them away. ``bbox`` is XYWH of the mask,
 category ids start at 1, ``iscrowd`` is always 0.
 """
-import json
-import os
-import tempfile
 from typing import Dict, Iterable, List, Optional, Sequence, Tuple
 
 import numpy as np
@@ -18,7 +15,6 @@ __all__ = [
     "label_map_to_annotations",
     "masks_to_annotations",
     "make_coco_dict",
-    "write_json_atomic",
     "seeded_split",
 ]
 
@@ -97,21 +93,6 @@ def make_coco_dict(
         "annotations": annotations,
         "categories": [{"id": i + 1, "name": n, "supercategory": n} for i, n in enumerate(class_names)],
     }
-
-
-def write_json_atomic(obj, path: str) -> None:
-    """Write JSON through a temp file + rename, so a reader never sees a half-written file."""
-    d = os.path.dirname(os.path.abspath(path))
-    os.makedirs(d, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=d, prefix=".tmp-", suffix=".json")
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(obj, f, separators=(",", ":"), sort_keys=True)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
 
 
 def seeded_split(

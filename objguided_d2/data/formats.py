@@ -25,6 +25,10 @@ Splits: ``PATH/splits.json`` (``{"train": [keys], "val": [...], "test": [...]}``
 ``PATH/train.txt`` / ``val.txt`` / ``test.txt`` (one key per line, ``#`` comments) when present,
 or the file given by the ``splits`` option; otherwise a seeded random 60/20/20 split
 (:func:`~objguided_d2.data.coco_json.seeded_split`). Samples listed in no split file are unused.
+
+Containment: a split-file entry or a COCO ``file_name`` that points outside the dataset root
+(``../other/a.png``, an absolute path elsewhere) is refused with a DataError naming the file;
+names are resolved lexically against the root (``a/../b.png`` is ``b.png``).
 """
 import glob
 import hashlib
@@ -43,8 +47,9 @@ from .coco_json import (
     make_coco_dict,
     masks_to_annotations,
     seeded_split,
-    write_json_atomic,
 )
+from objguided_d2.utils.io import path_inside, write_json
+
 from .io import IMAGE_EXTENSIONS, DataError, read_image, read_image_pages, read_label_map
 from .synthetic import SPLITS
 
@@ -298,6 +303,10 @@ def resolve_splits(
     for s in SPLITS:
         out[s] = []
         for entry in listed[s]:
+            if path_inside(root, entry) is None:
+                where = src if os.path.isfile(src) else os.path.join(src, f"{s}.txt")
+                raise DataError(f"{where}: {s} entry {entry!r} points outside the dataset root {root}; entries are "
+                                "sample keys or file names relative to it")
             k = entry if entry in key_set else None
             if k is None:
                 # Allow file names / bare stems in split files, as long as they are unambiguous.
@@ -421,7 +430,8 @@ def convert_to_coco(
                 images.append(entry)
                 anns.extend(a)
             info = {"description": f"{fmt} dataset {path}", "split": s}
-            write_json_atomic(make_coco_dict(images, anns, class_names, info), os.path.join(tmp, f"{s}.json"))
+            write_json(os.path.join(tmp, f"{s}.json"), make_coco_dict(images, anns, class_names, info),
+                       sort_keys=True, compact=True)
         _publish(tmp, out_dir, {"source": path, "format": fmt, "options": options,
                                 "counts": {s: len(assignment[s]) for s in SPLITS}})
     except BaseException:
@@ -431,7 +441,7 @@ def convert_to_coco(
 
 
 # ----------------------------------------------------------------------------- coco
-def _load_coco(path: str) -> dict:
+def _load_coco(path: str, image_root: str) -> dict:
     if not os.path.isfile(path):
         raise DataError(f"{path}: COCO json not found")
     try:
@@ -444,6 +454,10 @@ def _load_coco(path: str) -> dict:
     if not data["categories"]:
         raise DataError(f"{path}: 'categories' is empty")
     _check_coco_ids(path, data)
+    for im in data["images"]:
+        if not isinstance(im["file_name"], str) or path_inside(image_root, im["file_name"]) is None:
+            raise DataError(f"{path}: image id {im['id']!r} has file_name {im['file_name']!r}, which points outside "
+                            f"the image root {image_root}; file names must lie inside it")
     return data
 
 
@@ -484,6 +498,11 @@ def _class_names(data: dict) -> List[str]:
     return [c["name"] for c in sorted(data["categories"], key=lambda c: c["id"])]
 
 
+def _coco_image_root(folder: str, image_root: Optional[str]) -> str:
+    root = image_root or (os.path.join(folder, "images") if os.path.isdir(os.path.join(folder, "images")) else folder)
+    return os.path.abspath(root)
+
+
 def prepare_coco(
     path: str,
     *,
@@ -497,7 +516,9 @@ def prepare_coco(
     ``path`` is either a folder holding ``train.json``, ``val.json`` and ``test.json`` (used as
     they are, nothing is written), or a single COCO JSON file (or a folder holding exactly one
     ``*.json``) which is split 60/20/20 by image with ``seed`` into the cache. ``image_root``
-    defaults to ``<folder>/images`` when it exists, else the folder itself.
+    defaults to ``<folder>/images`` when it exists, else the folder itself. Every image's
+    ``file_name`` must lie inside the image root (``../x.png`` or an absolute path elsewhere is a
+    DataError naming the JSON): a dataset never reads files outside its folder.
     """
     path = os.path.abspath(os.path.expanduser(path))
     if os.path.isdir(path):
@@ -506,13 +527,13 @@ def prepare_coco(
         present = [s for s in SPLITS if os.path.isfile(split_files[s])]
         if len(present) == 3:
             names = None
+            root = _coco_image_root(folder, image_root)
             for s in SPLITS:
-                n = _class_names(_load_coco(split_files[s]))
+                n = _class_names(_load_coco(split_files[s], root))
                 if names is not None and n != names:
                     raise DataError(f"{split_files[s]}: categories {n} differ from train.json's {names}")
                 names = n
-            root = image_root or (os.path.join(folder, "images") if os.path.isdir(os.path.join(folder, "images")) else folder)
-            return ConvertedDataset(split_files, os.path.abspath(root), names)
+            return ConvertedDataset(split_files, root, names)
         if present:
             raise DataError(f"{path}: has {[s + '.json' for s in present]} but not all of train.json, val.json, test.json")
         jsons = sorted(f for f in os.listdir(path) if f.lower().endswith(".json"))
@@ -521,12 +542,12 @@ def prepare_coco(
         single = os.path.join(path, jsons[0])
     else:
         single, folder = path, os.path.dirname(path)
-    data = _load_coco(single)
+    root = _coco_image_root(folder, image_root)
+    data = _load_coco(single, root)
     names = _class_names(data)
-    root = image_root or (os.path.join(folder, "images") if os.path.isdir(os.path.join(folder, "images")) else folder)
     payload = {"format": "coco", "version": CONVERTER_VERSION, "options": {"seed": int(seed), "ratios": list(ratios)}}
     out_dir = _cache_dir("coco", single, payload, cache)
-    result = ConvertedDataset({s: os.path.join(out_dir, f"{s}.json") for s in SPLITS}, os.path.abspath(root), names)
+    result = ConvertedDataset({s: os.path.join(out_dir, f"{s}.json") for s in SPLITS}, root, names)
     if _cached(out_dir) is not None:
         return result
     ids = [str(im["id"]) for im in data["images"]]
@@ -539,7 +560,7 @@ def prepare_coco(
             sub = dict(data)
             sub["images"] = [im for im in data["images"] if str(im["id"]) in keep]
             sub["annotations"] = [a for a in data["annotations"] if str(a.get("image_id")) in keep]
-            write_json_atomic(sub, os.path.join(tmp, f"{s}.json"))
+            write_json(os.path.join(tmp, f"{s}.json"), sub, sort_keys=True, compact=True)
         _publish(tmp, out_dir, {"source": single, "format": "coco", "options": payload["options"]})
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)

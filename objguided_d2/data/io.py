@@ -3,6 +3,12 @@
 Every reader raises :class:`DataError` naming the file and what was expected, never a deep
 numpy/cv2 error. Images come back as (H, W, 3) uint8 BGR (Detectron2's default input format);
 label maps as (H, W) int64 with 0 = background.
+
+Size limit: a file whose header claims more than :func:`max_image_pixels` pixels (all planes of
+a TIFF stack together; default 2**30 = 1,073,741,824, e.g. 32768 x 32768) is refused before
+anything is decoded, so a few-byte file cannot make a reader allocate gigabytes. Raise it with
+the environment variable ``OBJGUIDED_MAX_IMAGE_PIXELS`` (``0``: no limit). PNG / JPEG / BMP files
+beyond 2**30 px also need OpenCV's own ``OPENCV_IO_MAX_IMAGE_PIXELS``.
 """
 import os
 from typing import List
@@ -13,6 +19,8 @@ import numpy as np
 __all__ = [
     "DataError",
     "IMAGE_EXTENSIONS",
+    "MAX_IMAGE_PIXELS_ENV",
+    "max_image_pixels",
     "read_image",
     "read_image_pages",
     "to_bgr_uint8",
@@ -20,6 +28,8 @@ __all__ = [
 ]
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
+MAX_IMAGE_PIXELS_ENV = "OBJGUIDED_MAX_IMAGE_PIXELS"
+DEFAULT_MAX_IMAGE_PIXELS = 2**30  # OpenCV's own default limit (CV_IO_MAX_IMAGE_PIXELS)
 
 
 class DataError(ValueError):
@@ -34,6 +44,73 @@ def _check_file(path: str) -> None:
     ext = os.path.splitext(path)[1].lower()
     if ext not in IMAGE_EXTENSIONS:
         raise DataError(f"{path}: unknown image extension {ext!r}; expected one of {IMAGE_EXTENSIONS}")
+
+
+def max_image_pixels() -> int:
+    """The pixel limit of one image file (module docstring); 0 means no limit."""
+    raw = os.environ.get(MAX_IMAGE_PIXELS_ENV, "").strip()
+    if not raw:
+        return DEFAULT_MAX_IMAGE_PIXELS
+    try:
+        value = int(float(raw))
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise DataError(f"{MAX_IMAGE_PIXELS_ENV}={raw!r}: expected a whole number of pixels (0: no limit)")
+    return value
+
+
+def _check_pixels(path: str, width: int, height: int, planes: int = 1) -> None:
+    limit = max_image_pixels()
+    n = int(width) * int(height) * int(planes)
+    if limit and n > limit:
+        stack = f" x {planes} planes" if planes > 1 else ""
+        raise DataError(
+            f"{path}: image header claims {width}x{height} px{stack} ({n:,} pixels), more than the limit of "
+            f"{limit:,}; refused before decoding (set {MAX_IMAGE_PIXELS_ENV} to raise the limit)"
+        )
+
+
+def _check_header_size(path: str) -> None:
+    """Refuse a PNG / JPEG / BMP / TIFF whose header claims too many pixels, reading only the
+    header (the file's content decides its format, as for OpenCV, not its extension)."""
+    from PIL import BmpImagePlugin, JpegImagePlugin, PngImagePlugin
+
+    with open(path, "rb") as f:
+        head = f.read(8)
+    if head[:4] in (b"II*\x00", b"MM\x00*"):
+        import tifffile
+
+        with tifffile.TiffFile(path) as tif:
+            _check_tiff_size(path, tif)
+        return
+    signatures = ((b"\x89PNG\r\n\x1a\n", PngImagePlugin.PngImageFile), (b"\xff\xd8\xff", JpegImagePlugin.JpegImageFile),
+                  (b"BM", BmpImagePlugin.BmpImageFile))
+    factory = next((cls for sig, cls in signatures if head.startswith(sig)), None)
+    if factory is None:
+        return  # another format OpenCV knows: its own limit (OPENCV_IO_MAX_IMAGE_PIXELS) applies
+    try:
+        # The plugin class parses the header only (no decoding, and not Image.open's bomb check).
+        with factory(path) as im:
+            width, height = im.size
+    except Exception:  # noqa: BLE001  (a corrupt header: the decoder below reports it)
+        return
+    _check_pixels(path, width, height)
+
+
+def _check_tiff_size(path: str, tif) -> None:
+    if len(tif.series) == 0:
+        return
+    s = tif.series[0]
+    axes, shape = s.axes, s.shape
+    if "Y" not in axes or "X" not in axes:
+        return
+    height, width = shape[axes.index("Y")], shape[axes.index("X")]
+    planes = 1
+    for a, n in zip(axes, shape):
+        if a not in "YXS":
+            planes *= int(n)
+    _check_pixels(path, width, height, planes)
 
 
 def _check_jpeg_complete(path: str) -> None:
@@ -70,6 +147,7 @@ def read_image_pages(path: str) -> List[np.ndarray]:
             with tifffile.TiffFile(path) as tif:
                 if len(tif.series) == 0:
                     raise DataError(f"{path}: TIFF holds no image")
+                _check_tiff_size(path, tif)
                 arr = tif.series[0].asarray()
             # (Z, H, W) or (Z, H, W, C) stacks -> one image per page; (H, W, C) with C <= 4 is colour.
             if arr.ndim == 2 or (arr.ndim == 3 and arr.shape[-1] in (3, 4)):
@@ -81,6 +159,7 @@ def read_image_pages(path: str) -> List[np.ndarray]:
             else:
                 raise DataError(f"{path}: unsupported TIFF shape {arr.shape}; expected (H,W), (H,W,C) or a stack")
         else:
+            _check_header_size(path)
             arr = cv2.imread(path, cv2.IMREAD_UNCHANGED)
             if arr is None:
                 raise DataError(f"{path}: cannot decode image (corrupt or truncated file?)")

@@ -50,6 +50,8 @@ Splits: if the dataset folder holds ``splits.json`` (``{"train": [keys], "val": 
 comments), they define the splits; keys are image stems (labelfolder), sample ids (dsb2018) or
 relative stems (cvppp); a file name or an unambiguous bare stem also works. Samples in no split are
 not used. Otherwise a seeded random 60/20/20 split (670 DSB2018 images -> 402/134/134, the paper's).
+Split entries and COCO ``file_name`` values that point outside the dataset root (``../x.png``, an
+absolute path elsewhere) are refused with a ``DataError`` naming the file.
 
 Data rules: an id made of several disconnected blobs is one object; ids need not be contiguous;
 images without objects are kept (empty annotation list). Bad data (missing / empty / truncated /

@@ -32,7 +32,9 @@ import cv2
 import numpy as np
 import tifffile
 
-from .coco_json import label_map_to_annotations, make_coco_dict, write_json_atomic
+from objguided_d2.utils.io import write_json
+
+from .coco_json import label_map_to_annotations, make_coco_dict
 
 __all__ = [
     "FAMILIES",
@@ -485,7 +487,8 @@ def generate_synthetic_dataset(
                 images.append({"id": i + 1, "file_name": f"{split}/images/{stem}.png", "height": image_size, "width": image_size})
                 anns.extend(label_map_to_annotations(label, i + 1, len(anns) + 1))
             info = {"description": f"objguided-d2 synthetic {family}", "split": split, **params}
-            write_json_atomic(make_coco_dict(images, anns, FAMILY_CLASSES[family], info), os.path.join(tmp, f"{split}.json"))
+            write_json(os.path.join(tmp, f"{split}.json"), make_coco_dict(images, anns, FAMILY_CLASSES[family], info),
+                       sort_keys=True, compact=True)
         with open(os.path.join(tmp, _MANIFEST), "w") as f:
             json.dump(params, f, sort_keys=True)
         if os.path.isdir(root):

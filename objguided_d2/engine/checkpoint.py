@@ -12,25 +12,30 @@
   model parameter or buffer is not finite, and refuses anything that would not load with
   ``torch.load(weights_only=True)``;
 * **untrusted files** -- weights load with ``weights_only=True``; ``.pkl`` pickles and ``.pth``
-  files that need full unpickling are read only with ``trust_pickle=True``.
+  files that need full unpickling are read only with ``trust_pickle=True``; a ``last_checkpoint``
+  tag naming a file outside its folder is refused (:func:`tagged_checkpoint`).
+
+It is the one weight loader of the package: training, ``--eval-only``, prediction, the comparison
+worker and the diagnostics all load through it (prediction with ``save_to_disk=False`` and
+``log_incompatible=False``, reading :attr:`incompatible` itself).
 
 :func:`check_output_dir` keeps a fresh training run from silently overwriting a previous one.
 """
-import contextlib
 import logging
 import os
 import re
-import tempfile
 import zipfile
 from collections import OrderedDict
-from typing import Any, Callable, Dict, List, Optional
+from typing import Any, Dict, Optional
 
 import numpy as np
 import torch
 
 from detectron2.checkpoint import DetectionCheckpointer
 
-from .safe_load import require_trust, safe_torch_load
+from objguided_d2.utils.io import PARTIAL_SUFFIX, atomic_write, path_inside, remove_partial_files
+
+from .safe_load import UntrustedFileError, require_trust, safe_torch_load
 
 __all__ = [
     "ObjGuidedCheckpointer",
@@ -40,6 +45,7 @@ __all__ = [
     "check_output_dir",
     "is_complete_checkpoint",
     "remove_partial_files",
+    "tagged_checkpoint",
     "to_plain",
     "PARTIAL_SUFFIX",
 ]
@@ -47,66 +53,36 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 TAG_FILE = "last_checkpoint"
-# Temporary files are ".<target name>.<8 random chars>.partial" (tempfile.mkstemp), next to the target.
-PARTIAL_SUFFIX = ".partial"
-_PARTIAL_RE = re.compile(r"^\..+\.[A-Za-z0-9_]{8}" + re.escape(PARTIAL_SUFFIX) + "$")
 _MODEL_RE = re.compile(r"^model_.*\.pth$")
 
 
-def _fsync(f) -> None:
-    """fsync an open file (module-level so tests can stall a save here, mid-write)."""
-    os.fsync(f.fileno())
-
-
-def _fsync_dir(path: str) -> None:
-    # Makes the rename itself durable; not possible on every OS / file system, so best effort.
-    with contextlib.suppress(OSError):
-        fd = os.open(path, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-
-
-def atomic_write(path: str, write: Callable[[Any], None], *, binary: bool = True) -> None:
-    """Write ``path`` atomically: ``write(f)`` fills a temporary file in the same folder, which is
-    flushed, fsync'ed and renamed over ``path`` (``os.replace``). Readers see the old file or the
-    complete new one, never a partial one; on any error the temporary file is removed."""
-    path = os.fspath(path)
-    folder = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(path) + ".", suffix=PARTIAL_SUFFIX, dir=folder)
-    os.close(fd)
-    try:
-        with open(tmp, "wb" if binary else "w") as f:
-            write(f)
-            f.flush()
-            _fsync(f)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-    _fsync_dir(folder)
-
-
 def atomic_torch_save(obj: Any, path: str) -> None:
-    """``torch.save(obj, path)`` through :func:`atomic_write`."""
-    atomic_write(path, lambda f: torch.save(obj, f))
+    """``torch.save(obj, path)`` through :func:`~objguided_d2.utils.io.atomic_write`."""
+    atomic_write(path, lambda f: torch.save(obj, f), mode="wb", overwrite=True)
 
 
-def remove_partial_files(folder: str) -> List[str]:
-    """Delete the temporary ``.*.partial`` files :func:`atomic_write` leaves behind when a process
-    is killed mid-write. Returns the removed paths. Other files are never touched."""
-    removed = []
-    if not os.path.isdir(folder):
-        return removed
-    for name in sorted(os.listdir(folder)):
-        p = os.path.join(folder, name)
-        if _PARTIAL_RE.match(name) and os.path.isfile(p):
-            with contextlib.suppress(OSError):
-                os.unlink(p)
-                removed.append(p)
-    return removed
+def tagged_checkpoint(folder: str) -> str:
+    """The checkpoint named by ``folder/last_checkpoint`` ("" without a tag or with an empty one).
+
+    Raises:
+        UntrustedFileError: the tag names a file outside ``folder`` (``../x.pth``, an absolute
+            path): a tag only ever names a file next to it.
+    """
+    tag = os.path.join(folder, TAG_FILE)
+    try:
+        with open(tag) as f:
+            name = f.read().strip()
+    except OSError:
+        return ""
+    if not name:
+        return ""
+    path = path_inside(folder, name)
+    if path is None or os.path.dirname(path) != os.path.abspath(folder):
+        raise UntrustedFileError(
+            f"{tag}: names {name!r}, which is not a file in {folder}; a last_checkpoint tag names a "
+            "checkpoint next to it (e.g. model_final.pth), so it is refused"
+        )
+    return path
 
 
 def is_complete_checkpoint(path: str) -> bool:
@@ -202,9 +178,11 @@ class ObjGuidedCheckpointer(DetectionCheckpointer):
     """
 
     def __init__(self, model, save_dir: str = "", *, trust_pickle: bool = False,
-                 save_to_disk: Optional[bool] = None, **checkpointables):
+                 save_to_disk: Optional[bool] = None, log_incompatible: bool = True, **checkpointables):
         super().__init__(model, save_dir, save_to_disk=save_to_disk, **checkpointables)
         self.trust_pickle = bool(trust_pickle)
+        self.log_incompatible = log_incompatible
+        self.incompatible = None  # the last load's missing / unexpected / mis-shaped keys
 
     # ----------------------------------------------------------------------------- saving
     def _local(self) -> bool:
@@ -234,7 +212,8 @@ class ObjGuidedCheckpointer(DetectionCheckpointer):
     def tag_last_checkpoint(self, last_filename_basename: str) -> None:
         if not self._local():
             return super().tag_last_checkpoint(last_filename_basename)
-        atomic_write(os.path.join(self.save_dir, TAG_FILE), lambda f: f.write(last_filename_basename.encode()))
+        atomic_write(os.path.join(self.save_dir, TAG_FILE), lambda f: f.write(last_filename_basename.encode()),
+                     mode="wb", overwrite=True)
 
     # ---------------------------------------------------------------------------- resuming
     def _newest_complete(self) -> str:
@@ -247,10 +226,10 @@ class ObjGuidedCheckpointer(DetectionCheckpointer):
     def get_checkpoint_file(self) -> str:
         """The file named by ``last_checkpoint`` if it is complete; else the newest complete
         ``model_*.pth`` in ``save_dir`` (with a warning); else ``""``."""
-        path = super().get_checkpoint_file()
         if not self._local():
-            return path
-        tagged = bool(path) and os.path.isfile(os.path.join(self.save_dir, TAG_FILE))
+            return super().get_checkpoint_file()
+        path = tagged_checkpoint(self.save_dir)
+        tagged = bool(path)
         if tagged and is_complete_checkpoint(path):
             return path
         fallback = self._newest_complete()
@@ -288,3 +267,11 @@ class ObjGuidedCheckpointer(DetectionCheckpointer):
 
     def _torch_load(self, f: str) -> Dict[str, Any]:
         return safe_torch_load(f, trust_pickle=self.trust_pickle)
+
+    def _load_model(self, checkpoint: Any):
+        self.incompatible = super()._load_model(checkpoint)
+        return self.incompatible
+
+    def _log_incompatible_keys(self, incompatible) -> None:
+        if self.log_incompatible:
+            super()._log_incompatible_keys(incompatible)

@@ -5,6 +5,8 @@ numbers) and refuses anything else, so a ``.pth`` file cannot execute code while
 Python pickles (``.pkl``: Detectron2's model zoo, Caffe2 / Detectron1 weights) and ``.pth`` files
 holding arbitrary Python objects need full unpickling, which can execute arbitrary code; they are
 read only when the user says they trust the file (``--trust-pickle`` / ``MODEL.TRUST_PICKLE``).
+Every tool loads weights through :class:`~objguided_d2.engine.checkpoint.ObjGuidedCheckpointer`,
+which uses these functions, so the rule and the message are the same everywhere.
 """
 import logging
 import pickle
@@ -17,15 +19,19 @@ __all__ = ["UntrustedFileError", "is_pickle_path", "require_trust", "safe_torch_
 
 logger = logging.getLogger(__name__)
 
+# The one hint every tool gives (train_net, predict, compare and its worker, the diagnostics).
 TRUST_HINT = (
     "If you trust where this file comes from (e.g. Detectron2's model zoo, "
     "detectron2://ImageNetPretrained/MSRA/R-50.pkl), allow it by adding --trust-pickle to the "
-    "tools/train_net.py command line, or MODEL.TRUST_PICKLE True to the config / command line."
+    "command line (tools/train_net.py, tools/predict.py, benchmarks/*.py), or MODEL.TRUST_PICKLE True "
+    "to the config / its opts (tools/train_net.py, tools/compare.py --opts)."
 )
 
 
 class UntrustedFileError(RuntimeError):
-    """A weight file needs full (code-executing) unpickling and pickles are not trusted."""
+    """A file a user was handed is refused because reading it could run code (weights that need
+    full unpickling while pickles are not trusted) or would reach outside its folder (a
+    ``last_checkpoint`` tag naming ``../x.pth``). The message names the file."""
 
 
 def is_pickle_path(path: str) -> bool:

@@ -9,24 +9,19 @@ Distributed training goes through Detectron2's ``launch`` (torch.distributed: NC
 CPU), never a home-made multi-process loop.
 """
 import logging
-import os
+import sys
 
-import torch
-
-from detectron2.config import get_cfg
 from detectron2.engine import default_argument_parser, default_setup, launch
 from detectron2.evaluation import verify_results
 from detectron2.utils import comm
 
-from objguided_d2.config import add_objguided_config
+from objguided_d2.config import ConfigError, load_config
 from objguided_d2.engine.checkpoint import ObjGuidedCheckpointer, check_output_dir
 from objguided_d2.engine.trainer import Trainer
 
-__all__ = ["get_parser", "setup", "main", "cli"]
+__all__ = ["get_parser", "load_config", "setup", "main", "cli"]
 
 logger = logging.getLogger("objguided_d2")
-
-_POINTREND_DEFAULT_NUM_CLASSES = 80
 
 
 def get_parser():
@@ -49,40 +44,6 @@ def get_parser():
         "overwritten); without it such a run is refused unless --resume",
     )
     return parser
-
-
-def load_config(config_file: str, opts=(), *, allow_cuda_fallback: bool = True):
-    """get_cfg -> add_objguided_config -> merge YAML -> merge opts, with the checks users need.
-
-    Config files must be YAML: a Python config would be executed, which is not done for a file
-    named on the command line.
-    """
-    if not config_file:
-        raise ValueError("--config-file is required (a YAML file under configs/)")
-    if not os.path.isfile(config_file):
-        raise FileNotFoundError(f"--config-file {config_file}: file not found")
-    if os.path.splitext(config_file)[1].lower() not in (".yaml", ".yml"):
-        raise ValueError(f"--config-file {config_file}: expected a .yaml/.yml file (Python configs are not executed)")
-    cfg = get_cfg()
-    add_objguided_config(cfg)
-    # Detectron2 defaults to allow_unsafe=True (yaml.unsafe_load on a safe_load error), which runs
-    # `!!python/object/apply:` tags; a config file must never execute code.
-    cfg.merge_from_file(config_file, allow_unsafe=False)
-    cfg.merge_from_list(list(opts or []))
-    if allow_cuda_fallback and cfg.MODEL.DEVICE.startswith("cuda") and not torch.cuda.is_available():
-        logger.warning("MODEL.DEVICE=%s but CUDA is not available: using the CPU", cfg.MODEL.DEVICE)
-        cfg.MODEL.DEVICE = "cpu"
-    # One NUM_CLASSES: PointRend keeps a second copy in POINT_HEAD; derive it, or refuse a conflict.
-    n = cfg.MODEL.ROI_HEADS.NUM_CLASSES
-    if cfg.MODEL.POINT_HEAD.NUM_CLASSES != n:
-        if cfg.MODEL.POINT_HEAD.NUM_CLASSES == _POINTREND_DEFAULT_NUM_CLASSES:
-            cfg.MODEL.POINT_HEAD.NUM_CLASSES = n
-        else:
-            raise ValueError(
-                f"{config_file}: MODEL.POINT_HEAD.NUM_CLASSES={cfg.MODEL.POINT_HEAD.NUM_CLASSES} differs from "
-                f"MODEL.ROI_HEADS.NUM_CLASSES={n}; set only MODEL.ROI_HEADS.NUM_CLASSES"
-            )
-    return cfg
 
 
 def setup(args):
@@ -135,13 +96,25 @@ def main(args):
 
 
 def cli(argv=None):
+    """The command line; a refused file (config, weights, checkpoint tag) or data error ends it
+    with one line ``<ErrorType>: <message naming the file>`` on stderr and exit code 2."""
+    from objguided_d2.data.io import DataError
+
+    from .safe_load import UntrustedFileError
+
     args = get_parser().parse_args(argv)
     print("Command Line Args:", args)
-    return launch(
-        main,
-        args.num_gpus,
-        num_machines=args.num_machines,
-        machine_rank=args.machine_rank,
-        dist_url=args.dist_url,
-        args=(args,),
-    )
+    try:
+        if args.num_gpus * args.num_machines > 1:
+            load_config(args.config_file, args.opts)  # refused here, in one line, not in every worker
+        return launch(
+            main,
+            args.num_gpus,
+            num_machines=args.num_machines,
+            machine_rank=args.machine_rank,
+            dist_url=args.dist_url,
+            args=(args,),
+        )
+    except (ConfigError, UntrustedFileError, DataError) as e:
+        print(f"{type(e).__name__}: {e}", file=sys.stderr)
+        sys.exit(2)

@@ -26,10 +26,11 @@ Shape legend: H, W image size; K instances; G GT objects, P predicted objects of
 
 from __future__ import annotations
 
-from typing import Dict, List, Optional, Sequence, Tuple, Union
+from typing import Dict, Optional, Sequence, Tuple, Union
 
 import numpy as np
-from pycocotools import mask as mask_util
+
+from objguided_d2.utils.label_map import paint_label_map
 
 __all__ = [
     "masks_to_label_map",
@@ -74,25 +75,17 @@ def masks_to_label_map(
         if image_size is None:
             raise ValueError("masks_to_label_map: no masks and no image_size given")
         return np.zeros(tuple(image_size), dtype=np.int64)
+    first = masks[0]
+    shape = tuple(first["size"]) if isinstance(first, dict) else np.shape(first)
+    if image_size is not None and tuple(shape) != tuple(image_size):
+        raise ValueError(f"masks_to_label_map: masks are {tuple(shape)}, expected {image_size}")
     order = np.arange(k) if scores is None else np.argsort(np.asarray(scores), kind="stable")
-    label = None
-    for idx in order.tolist():
-        m = masks[idx]
-        if isinstance(m, dict):
-            # Paint only inside the RLE's box: images hold hundreds of small objects.
-            x, y, w, h = (int(v) for v in mask_util.toBbox(m))
-            box = (slice(y, y + h), slice(x, x + w))
-            m = mask_util.decode(m)
-        else:
-            m = np.asarray(m)
-            box = (slice(None), slice(None))
-        if label is None:
-            label = np.zeros(m.shape, dtype=np.int64)
-        if m.shape != label.shape:
-            raise ValueError(f"masks_to_label_map: mask {idx} is {m.shape}, others {label.shape}")
-        label[box][m[box].astype(bool)] = idx + 1
-    if image_size is not None and tuple(label.shape) != tuple(image_size):
-        raise ValueError(f"masks_to_label_map: masks are {label.shape}, expected {image_size}")
+    # Painting in ascending order, later on top == the reverse order taking the free pixels.
+    priority = order[::-1].tolist()
+    try:
+        label, _ = paint_label_map(masks, shape, priority=priority, labels=[i + 1 for i in priority])
+    except ValueError as e:
+        raise ValueError(f"masks_to_label_map: {e}") from None
     return label
 
 

@@ -31,9 +31,7 @@ score order (highest score on top). AP uses every prediction.
 from __future__ import annotations
 
 import itertools
-import json
 import logging
-import math
 import os
 from collections import OrderedDict
 from typing import Dict, List, Optional, Tuple
@@ -46,8 +44,9 @@ from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.evaluation import COCOEvaluator, DatasetEvaluator, DatasetEvaluators
 from detectron2.structures import BoxMode
 from detectron2.utils import comm
-from detectron2.utils.file_io import PathManager
 from detectron2.utils.logger import create_small_table
+
+from objguided_d2.utils.io import write_json
 
 from .challenge_metrics import image_challenge_stats, masks_to_label_map, summarize_challenge_stats
 from .paper_ap import IOU_THRESHOLDS, ImageInstances, paper_ap
@@ -129,16 +128,6 @@ def gt_instances_from_dict(record: Dict) -> ImageInstances:
         boxes=np.asarray(boxes, dtype=np.float64).reshape(-1, 4),
         masks=rles,
     )
-
-
-def _nan_to_none(x):
-    if isinstance(x, dict):
-        return {k: _nan_to_none(v) for k, v in x.items()}
-    if isinstance(x, (list, tuple)):
-        return [_nan_to_none(v) for v in x]
-    if isinstance(x, float) and math.isnan(x):
-        return None
-    return x
 
 
 class PaperMetricsEvaluator(DatasetEvaluator):
@@ -241,14 +230,9 @@ class PaperMetricsEvaluator(DatasetEvaluator):
             return {}
         metrics, curves = self._compute(predictions)
         if self._output_dir:
-            PathManager.mkdirs(self._output_dir)
-            path = os.path.join(self._output_dir, "paper_metrics.json")
-            with PathManager.open(path, "w") as f:
-                json.dump(
-                    _nan_to_none({"dataset": self._dataset_name, "metrics": metrics, **curves}),
-                    f,
-                    indent=2,
-                )
+            # NaN (undefined, e.g. AP without ground truth) is written as null.
+            write_json(os.path.join(self._output_dir, "paper_metrics.json"),
+                       {"dataset": self._dataset_name, "metrics": metrics, **curves}, indent=2, overwrite=True)
         ap_keys = [k for k in metrics if k.startswith("AP") and "-" not in k]
         logger.info(
             f"Paper AP (percent) on {self._dataset_name}:\n"

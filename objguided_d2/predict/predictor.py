@@ -12,18 +12,21 @@ the config is an error, not Detectron2's warning: predictions of a half-loaded m
 """
 import logging
 import os
-import pickle
 from typing import Optional, Sequence, Tuple
 
 import numpy as np
 import torch
-from detectron2.checkpoint import DetectionCheckpointer
-from detectron2.config import CfgNode, get_cfg
+from detectron2.config import CfgNode
 from detectron2.data import transforms as T
 from detectron2.modeling import build_model
 from detectron2.modeling.meta_arch import GeneralizedRCNN
 from detectron2.modeling.postprocessing import detector_postprocess
 from detectron2.structures import Instances
+
+from objguided_d2.config import ConfigError
+from objguided_d2.config import load_config as load_objguided_config
+from objguided_d2.engine.checkpoint import ObjGuidedCheckpointer, tagged_checkpoint
+from objguided_d2.engine.safe_load import UntrustedFileError
 
 __all__ = ["ModelError", "resolve_model_dir", "load_config", "load_weights", "InstancePredictor"]
 
@@ -45,13 +48,10 @@ def resolve_model_dir(model_dir: str) -> Tuple[str, str]:
     config = os.path.join(model_dir, "config.yaml")
     if not os.path.isfile(config):
         raise ModelError(f"{model_dir}: no config.yaml in model folder (expected a tools/train_net.py output folder)")
-    weights = os.path.join(model_dir, "model_final.pth")
-    last = os.path.join(model_dir, "last_checkpoint")
-    if os.path.isfile(last):
-        with open(last) as f:
-            name = f.read().strip()
-        if name:
-            weights = os.path.join(model_dir, name)
+    try:
+        weights = tagged_checkpoint(model_dir) or os.path.join(model_dir, "model_final.pth")
+    except UntrustedFileError as e:
+        raise ModelError(str(e)) from None
     if not os.path.isfile(weights):
         raise ModelError(f"{weights}: weights file not found in model folder {model_dir}")
     return config, weights
@@ -67,20 +67,11 @@ def load_config(
 ) -> CfgNode:
     """get_cfg + add_objguided_config + file + opts (+ the thresholds), frozen."""
     import objguided_d2  # noqa: F401  (registers ObjGuidedRCNN and its parts)
-    from objguided_d2 import add_objguided_config
 
-    if not os.path.isfile(config_file):
-        raise ModelError(f"{config_file}: config file not found")
-    cfg = get_cfg()
-    add_objguided_config(cfg)
     try:
-        cfg.merge_from_file(config_file)
-    except Exception as e:
-        raise ModelError(f"{config_file}: cannot read config ({type(e).__name__}: {e})") from e
-    try:
-        cfg.merge_from_list(list(opts))
-    except Exception as e:
-        raise ModelError(f"--opts {' '.join(opts)}: {type(e).__name__}: {e}") from e
+        cfg = load_objguided_config(config_file, opts, allow_cuda_fallback=False)
+    except ConfigError as e:
+        raise ModelError(str(e)) from None
     if score_thresh is not None:
         # Every detector's own test threshold, so that nothing below it is even decoded.
         cfg.MODEL.ROI_HEADS.SCORE_THRESH_TEST = score_thresh
@@ -95,42 +86,6 @@ def load_config(
     return cfg
 
 
-class _SafeCheckpointer(DetectionCheckpointer):
-    """DetectionCheckpointer that loads with weights_only=True unless pickles are trusted, and
-    keeps the incompatible keys instead of only logging them."""
-
-    def __init__(self, model, *, trust_pickle: bool):
-        super().__init__(model, save_dir="", save_to_disk=False)
-        self.trust_pickle = trust_pickle
-        self.incompatible = None
-
-    def _load_file(self, filename):
-        if filename.endswith(".pkl") and not self.trust_pickle:
-            raise ModelError(
-                f"{filename}: .pkl weights are Python pickles that can run arbitrary code when "
-                "loaded; pass --trust-pickle if you trust where this file comes from"
-            )
-        return super()._load_file(filename)
-
-    def _torch_load(self, f):
-        try:
-            return torch.load(f, map_location="cpu", weights_only=not self.trust_pickle)
-        except pickle.UnpicklingError as e:
-            raise ModelError(
-                f"{f}: cannot be loaded safely with torch.load(weights_only=True) (it holds "
-                "Python objects besides tensors); pass --trust-pickle if you trust this file"
-            ) from e
-        except Exception as e:
-            raise ModelError(f"{f}: not a readable PyTorch checkpoint ({type(e).__name__}: {e})") from e
-
-    def _log_incompatible_keys(self, incompatible) -> None:
-        pass  # load_weights turns them into an error / one warning itself
-
-    def _load_model(self, checkpoint):
-        self.incompatible = super()._load_model(checkpoint)
-        return self.incompatible
-
-
 def load_weights(model: torch.nn.Module, weights: str, *, trust_pickle: bool = False) -> None:
     """Load ``weights`` into ``model``; raise ModelError on missing or mismatched keys."""
     if not weights:
@@ -139,11 +94,11 @@ def load_weights(model: torch.nn.Module, weights: str, *, trust_pickle: bool = F
         raise ModelError(f"{weights}: weights file not found")
     if os.path.getsize(weights) == 0:
         raise ModelError(f"{weights}: weights file is empty")
-    ckpt = _SafeCheckpointer(model, trust_pickle=trust_pickle)
+    ckpt = ObjGuidedCheckpointer(model, trust_pickle=trust_pickle, save_to_disk=False, log_incompatible=False)
     try:
         ckpt.load(weights)
-    except ModelError:
-        raise
+    except UntrustedFileError as e:
+        raise ModelError(str(e)) from None
     except Exception as e:
         raise ModelError(f"{weights}: cannot load weights ({type(e).__name__}: {e})") from e
     inc = ckpt.incompatible

@@ -7,14 +7,14 @@ score, objects left with no pixel are dropped, and ids 1..N follow decreasing sc
 id, a table row and a COCO entry describe exactly the same pixels.
 """
 import csv
-import json
-import os
-import tempfile
-from typing import Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import pycocotools.mask as mask_util
 from skimage.measure import regionprops
+
+from objguided_d2.utils.io import OutputExistsError, atomic_write, write_json
+from objguided_d2.utils.label_map import paint_label_map
 
 from .tiling import Detection
 
@@ -36,33 +36,6 @@ CSV_COLUMNS = [
 ]
 
 
-class OutputExistsError(FileExistsError):
-    """An output file exists and overwriting was not allowed."""
-
-
-def atomic_write(path: str, write: Callable[[str], None], *, overwrite: bool = False) -> None:
-    """Call ``write(tmp_path)`` on a temporary file in ``path``'s folder, then move it onto
-    ``path`` with ``os.replace`` (readers never see a half-written file).
-
-    Raises:
-        OutputExistsError: ``path`` exists and ``overwrite`` is False (nothing is written).
-    """
-    if os.path.exists(path) and not overwrite:
-        raise OutputExistsError(f"{path}: output file exists (pass --overwrite to replace it)")
-    folder = os.path.dirname(os.path.abspath(path))
-    base, ext = os.path.splitext(os.path.basename(path))
-    fd, tmp = tempfile.mkstemp(prefix=f".{base}.", suffix=f".tmp{ext}", dir=folder)
-    os.close(fd)
-    try:
-        write(tmp)
-        if os.path.exists(path) and not overwrite:  # appeared while we were writing
-            raise OutputExistsError(f"{path}: output file exists (pass --overwrite to replace it)")
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-
-
 def label_image(detections: Sequence[Detection], shape: Tuple[int, int]) -> Tuple[np.ndarray, List[Detection]]:
     """Paint detections into an (H, W) label image, 0 = background.
 
@@ -71,16 +44,9 @@ def label_image(detections: Sequence[Detection], shape: Tuple[int, int]) -> Tupl
     that list has label id k + 1.
     """
     order = sorted(range(len(detections)), key=lambda i: -detections[i].score)
-    lab = np.zeros(shape, np.int64)
-    kept: List[Detection] = []
-    for i in order:
-        d = detections[i]
-        y0, x0, y1, x1 = d.box
-        view = lab[y0:y1, x0:x1]
-        free = d.mask & (view == 0)
-        if free.any():
-            kept.append(d)
-            view[free] = len(kept)
+    lab, kept_idx = paint_label_map([d.mask for d in detections], shape, priority=order,
+                                    boxes=[d.box for d in detections])
+    kept: List[Detection] = [detections[i] for i in kept_idx]
     dtype = np.uint16 if len(kept) <= np.iinfo(np.uint16).max else np.uint32
     return lab.astype(dtype), kept
 
@@ -166,14 +132,6 @@ def write_csv(path: str, rows: Sequence[Dict], *, overwrite: bool = False) -> No
             w = csv.DictWriter(f, fieldnames=CSV_COLUMNS)
             w.writeheader()
             w.writerows(rows)
-
-    atomic_write(path, write, overwrite=overwrite)
-
-
-def write_json(path: str, obj, *, overwrite: bool = False) -> None:
-    def write(tmp):
-        with open(tmp, "w") as f:
-            json.dump(obj, f)
 
     atomic_write(path, write, overwrite=overwrite)
 

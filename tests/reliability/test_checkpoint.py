@@ -55,7 +55,7 @@ def test_failed_write_keeps_previous_file(tmp_path):
         raise OSError("disk full")
 
     with pytest.raises(OSError, match="disk full"):
-        atomic_write(str(target), boom)
+        atomic_write(str(target), boom, mode="wb", overwrite=True)
     assert target.read_text() == "model_0000001.pth"
     assert _partials(tmp_path) == []
 

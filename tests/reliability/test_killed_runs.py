@@ -101,8 +101,8 @@ def test_sigkill_mid_training_then_resume(tmp_path):
 STALL = textwrap.dedent("""
     import os, sys, time
     import objguided_d2  # noqa: F401
-    from objguided_d2.engine import checkpoint as ck
     from objguided_d2.engine.train_net import cli
+    from objguided_d2.utils import io as atomic_io
 
     def stalled_fsync(f):
         # Killed mid-write of model_0000003.pth: half of its temporary file is on disk.
@@ -113,7 +113,7 @@ STALL = textwrap.dedent("""
             time.sleep(600)
         os.fsync(f.fileno())
 
-    ck._fsync = stalled_fsync
+    atomic_io._fsync = stalled_fsync
     cli(sys.argv[1:])
 """)
 
