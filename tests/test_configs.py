@@ -92,3 +92,35 @@ def test_preset_opts_apply_to_every_method(name):
             for part in key.split("."):
                 node = getattr(node, part)
             assert str(node).replace(" ", "") == value.replace(" ", ""), (m.id, key)
+
+
+def _diff(a, b, prefix=""):
+    """Dotted keys whose values differ between two configs."""
+    out = set()
+    for k in set(a) | set(b):
+        va, vb = a.get(k), b.get(k)
+        if isinstance(va, dict) and isinstance(vb, dict):
+            out |= _diff(va, vb, f"{prefix}{k}.")
+        elif va != vb:
+            out.add(prefix + k)
+    return out
+
+
+def test_detector_ablation_rows_change_one_option_each():
+    methods = parse_methods(PRESETS["ablation-detector"].configs)
+    base = load_config(os.path.join(ROOT, "configs/tiny/objguided_R18_tiny.yaml"))
+    changed = {}
+    for m in methods:
+        d = _diff(base, load_config(m.config_file)) - {"OUTPUT_DIR"}
+        changed[m.id] = d
+    assert changed.pop("objguided_R18_tiny") == set()
+    assert changed == {
+        "min_radius1": {"MODEL.OBJGUIDED.MIN_GAUSSIAN_RADIUS"},
+        "positive_radius1": {"MODEL.OBJGUIDED.POSITIVE_RADIUS"},
+        "giou": {"MODEL.OBJGUIDED.GIOU_LOSS_WEIGHT"},
+        "prior0.01": {"MODEL.OBJGUIDED.HEATMAP_PRIOR"},
+        "wh7x7": {"MODEL.OBJGUIDED.WH_KERNEL_SIZE"},
+    }
+    # The paper-scale protocol: native-scale crops, whole test images at their size.
+    opts = dict(zip(PRESETS["ablation-detector"].opts[::2], PRESETS["ablation-detector"].opts[1::2]))
+    assert opts["INPUT.NATIVE_CROP_SIZE"] == "192"

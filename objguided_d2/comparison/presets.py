@@ -86,6 +86,28 @@ def cpu_protocol_opts(iters: int) -> Tuple[str, ...]:
     return ("MODEL.OBJGUIDED.SCORE_THRESH_TEST", "0.05", "SOLVER.STEPS", f"({int(0.8 * iters)},)")
 
 
+# Candidates for a detector that converges within a CPU budget (options beyond the paper), one
+# ablation row each against the paper-faithful tiny model, on paper-scale leaves.
+DETECTOR_ABLATION_CONFIGS: Tuple[str, ...] = (
+    "configs/tiny/objguided_R18_tiny.yaml",
+    *(
+        f"configs/ablation/detector/{n}.yaml"
+        for n in ("min_radius1", "positive_radius1", "giou", "prior0.01", "wh7x7")
+    ),
+)
+
+# Paper-scale synthetic data (``synth_<family>_paperscale``): image sizes, in pixels.
+PAPER_SCALE_SIZES = {"leaves": 384, "neural": 256, "nuclei": 512}
+# Side of the native-scale training crops on paper-scale data (INPUT.NATIVE_CROP_SIZE).
+PAPER_SCALE_CROP = 192
+
+
+def paper_scale_opts(iters: int) -> Tuple[str, ...]:
+    """The CPU protocol on paper-scale data: :func:`cpu_protocol_opts` plus training on
+    native-scale crops of ``PAPER_SCALE_CROP`` px (testing on whole images at native size)."""
+    return cpu_protocol_opts(iters) + ("INPUT.NATIVE_CROP_SIZE", str(PAPER_SCALE_CROP))
+
+
 PRESETS: Dict[str, Preset] = {
     # Measured: 11.3 min wall for all four (train 120 iterations at 128 px + evaluate on the 4
     # test images) on 2 CPU cores that other jobs were also using (load ~4); ~0.22 s/iteration
@@ -116,6 +138,28 @@ PRESETS: Dict[str, Preset] = {
         description="Table II: the 9 refinement sampling strategies (k, beta) of the tiny model on neural cells (256 px)",
         opts=cpu_protocol_opts(1000),
     ),
+    "ablation-detector": Preset(
+        dataset="synth_leaves_paperscale",
+        configs=DETECTOR_ABLATION_CONFIGS,
+        iters=1500,
+        batch=2,
+        input_size=PAPER_SCALE_SIZES["leaves"],
+        description="detector options beyond the paper, one row each, tiny model on paper-scale leaves "
+                    "(384 px, 192-px native crops)",
+        opts=paper_scale_opts(1500),
+    ),
+    **{
+        f"paperscale-{fam}": Preset(
+            dataset=f"synth_{fam}_paperscale",
+            configs=TINY_CONFIGS,
+            iters=3000,
+            batch=2,
+            input_size=size,
+            description=f"4 tiny ResNet-18 models on paper-scale {fam} ({size} px, 192-px native crops), hours on a CPU",
+            opts=paper_scale_opts(3000),
+        )
+        for fam, size in PAPER_SCALE_SIZES.items()
+    },
     "paper-gpu": Preset(
         dataset="synth_neural",
         configs=paper_configs("neural"),

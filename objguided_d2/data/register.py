@@ -98,6 +98,14 @@ _OPTIONS = {
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")
 SYNTH_DEFAULT = {"image_size": 256, "num_train": 200, "num_val": 50, "num_test": 50, "seed": 0, "min_object_size": 0}
 SYNTH_TINY = {"image_size": 128, "num_train": 16, "num_val": 4, "num_test": 4, "seed": 0, "min_object_size": 0}
+# ``synth_<family>_paperscale``: objects at the sizes they have in the paper's data after its resize
+# to 512 px (median box side >= 32 px, smallest drawn object >= 8 px; benchmarks/data_scale.py
+# prints the distribution). Train on native-scale crops (INPUT.NATIVE_CROP_SIZE), test whole.
+SYNTH_PAPER_SCALE = {
+    "nuclei": {"image_size": 512, "num_train": 100, "num_val": 10, "num_test": 30, "seed": 0, "min_object_size": 8},
+    "neural": {"image_size": 256, "num_train": 100, "num_val": 10, "num_test": 30, "seed": 0, "min_object_size": 8},
+    "leaves": {"image_size": 384, "num_train": 100, "num_val": 10, "num_test": 30, "seed": 0, "min_object_size": 8},
+}
 
 
 def parse_dataset_spec(spec: str) -> Tuple[str, str, str, Dict[str, str]]:
@@ -220,11 +228,14 @@ def register_synthetic(name: str, family: str, *, replace: bool = True, cache: O
 
 
 def register_builtin_synthetic(replace: bool = False, cache: Optional[str] = None) -> List[str]:
-    """Register ``synth_<family>`` and ``synth_<family>_tiny`` for every family (lazy)."""
+    """Register ``synth_<family>``, ``synth_<family>_tiny`` and ``synth_<family>_paperscale`` for
+    every family (lazy)."""
     names = []
     for fam in FAMILIES:
         names += register_synthetic(f"synth_{fam}", fam, replace=replace, cache=cache, **SYNTH_DEFAULT)
         names += register_synthetic(f"synth_{fam}_tiny", fam, replace=replace, cache=cache, **SYNTH_TINY)
+        names += register_synthetic(f"synth_{fam}_paperscale", fam, replace=replace, cache=cache,
+                                    **SYNTH_PAPER_SCALE[fam])
     return names
 
 

@@ -114,6 +114,9 @@ def test_builtins_registered_and_import_generates_nothing(tmp_path):
     assert MetadataCatalog.get("synth_nuclei_train").thing_classes == ["nucleus"]
     assert "256px-200-50-50" in MetadataCatalog.get("synth_neural_val").json_file
     assert "128px-16-4-4" in MetadataCatalog.get("synth_leaves_tiny_test").json_file
+    # Paper-scale objects: larger images (objects scale with them) and a floor on the smallest.
+    assert "512px-100-10-30-seed0-min8" in MetadataCatalog.get("synth_nuclei_paperscale_test").json_file
+    assert "384px-100-10-30-seed0-min8" in MetadataCatalog.get("synth_leaves_paperscale_train").json_file
     # In a fresh interpreter, importing the package must not create anything in the cache.
     cache = tmp_path / "fresh_cache"
     code = ("import objguided_d2.data, objguided_d2.data.register as r; from detectron2.data import DatasetCatalog;"
