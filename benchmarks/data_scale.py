@@ -29,6 +29,7 @@ def object_scale(records, *, input_scale: float = 1.0, stride: int = 4):
     """Box sides (px, network input), Gaussian radii (cells) and "not cut by the image border"
     flags of every object of ``records``."""
     import torch
+    from detectron2.structures import BoxMode
 
     from objguided_d2.modeling.proposal_generator.centernet_utils import build_targets
 
@@ -37,8 +38,9 @@ def object_scale(records, *, input_scale: float = 1.0, stride: int = 4):
         anns = [a for a in r.get("annotations", []) if not a.get("iscrowd", 0)]
         if not anns:
             continue
-        # XYWH_ABS boxes (the COCO loader's) -> XYXY in network-input pixels.
-        b = np.array([a["bbox"] for a in anns], dtype=np.float64) * input_scale
+        # Boxes in XYWH -> XYXY, in network-input pixels.
+        b = np.array([BoxMode.convert(list(a["bbox"]), a.get("bbox_mode", BoxMode.XYWH_ABS), BoxMode.XYWH_ABS)
+                      for a in anns], dtype=np.float64) * input_scale
         xyxy = np.concatenate([b[:, :2], b[:, :2] + b[:, 2:]], axis=1)
         h, w = int(np.ceil(r["height"] * input_scale)), int(np.ceil(r["width"] * input_scale))
         t = build_targets(torch.as_tensor(xyxy), torch.zeros(len(b), dtype=torch.long),

@@ -1,0 +1,64 @@
+"""benchmarks/seed_table.py (mean over seeds) and benchmarks/data_scale.py (object scale) on small
+inputs they read back."""
+import importlib.util
+import json
+import os
+
+import numpy as np
+import pytest
+from detectron2.structures import BoxMode
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def _script(name):
+    spec = importlib.util.spec_from_file_location(name, os.path.join(ROOT, "benchmarks", f"{name}.py"))
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def _results(folder, seed, values):
+    os.makedirs(folder)
+    methods = [
+        {"id": mid, "name": name, "status": "ok" if ap is not None else "FAILED",
+         "eval": {"results": {"paper": {"APseg": ap, "APdec": 2 * (ap or 0)}, "segm": {"AP": ap}}}}
+        for mid, name, ap in values
+    ]
+    with open(os.path.join(folder, "results.json"), "w") as f:
+        json.dump({"settings": {"seed": seed}, "methods": methods}, f)
+
+
+def test_seed_table_means_and_missing(tmp_path, capsys):
+    st = _script("seed_table")
+    _results(str(tmp_path / "s0"), 0, [("ours", "Ours", 20.0), ("mrcnn", "Mask R-CNN", 10.0)])
+    _results(str(tmp_path / "s1"), 1, [("ours", "Ours", 24.0), ("mrcnn", "Mask R-CNN", None), ("pr", "PointRend", 5.0)])
+    rows = st.seed_rows([str(tmp_path / "s0"), str(tmp_path / "s1")])
+    by = {r["id"]: r["values"] for r in rows}
+    assert by["ours"]["APseg"] == {"mean": 22.0, "seeds": [20.0, 24.0]}
+    assert by["ours"]["APdec"]["mean"] == 44.0
+    assert by["mrcnn"]["APseg"] == {"mean": None, "seeds": [10.0, None]}  # failed seed: no mean
+    assert by["pr"]["APseg"]["seeds"] == [None, 5.0]
+    out = tmp_path / "t.md"
+    assert st.main([str(tmp_path / "s0"), str(tmp_path / "s1"), "--output", str(out)]) == 0
+    text = out.read_text()
+    assert "| Ours | 22.00 (20.00 / 24.00)" in text and "| Mask R-CNN | - (10.00 / -)" in text
+    assert st.main([str(tmp_path / "s0"), "--output", str(out)]) == 2  # never overwritten silently
+    assert out.read_text() == text
+    with pytest.raises(SystemExit, match="results.json"):
+        st.seed_rows([str(tmp_path / "nothing")])
+
+
+def test_data_scale_counts_radius_zero_objects():
+    ds = _script("data_scale")
+    rec = {"height": 64, "width": 64, "annotations": [
+        {"bbox": [10, 10, 8, 8], "bbox_mode": BoxMode.XYWH_ABS},  # 2x2 cells: radius 0
+        {"bbox": [20, 20, 40, 32], "bbox_mode": BoxMode.XYWH_ABS},  # 10x8 cells: radius > 0
+        {"bbox": [0, 50, 5, 5], "bbox_mode": BoxMode.XYWH_ABS},  # cut by the border
+    ]}
+    sides, radii, inner = ds.object_scale([rec])
+    np.testing.assert_allclose(sides, [8, 40, 5])
+    assert radii.tolist()[0] == 0 and radii.tolist()[1] > 0
+    assert inner.tolist() == [True, True, False]
+    sides2, _, _ = ds.object_scale([rec], input_scale=2.0)
+    np.testing.assert_allclose(sides2, 2 * sides)
