@@ -102,10 +102,12 @@ PAPER_SCALE_SIZES = {"leaves": 384, "neural": 256, "nuclei": 512}
 PAPER_SCALE_CROP = 192
 
 
-def paper_scale_opts(iters: int) -> Tuple[str, ...]:
+def paper_scale_opts(iters: int, checkpoint_period: int = 0) -> Tuple[str, ...]:
     """The CPU protocol on paper-scale data: :func:`cpu_protocol_opts` plus training on
-    native-scale crops of ``PAPER_SCALE_CROP`` px (testing on whole images at native size)."""
-    return cpu_protocol_opts(iters) + ("INPUT.NATIVE_CROP_SIZE", str(PAPER_SCALE_CROP))
+    native-scale crops of ``PAPER_SCALE_CROP`` px (testing on whole images at native size);
+    ``checkpoint_period`` > 0 overrides the configs' (a tiny model's checkpoint is ~155 MB)."""
+    ckpt = ("SOLVER.CHECKPOINT_PERIOD", str(checkpoint_period)) if checkpoint_period > 0 else ()
+    return cpu_protocol_opts(iters) + ("INPUT.NATIVE_CROP_SIZE", str(PAPER_SCALE_CROP)) + ckpt
 
 
 PRESETS: Dict[str, Preset] = {
@@ -156,7 +158,7 @@ PRESETS: Dict[str, Preset] = {
             batch=2,
             input_size=size,
             description=f"4 tiny ResNet-18 models on paper-scale {fam} ({size} px, 192-px native crops), hours on a CPU",
-            opts=paper_scale_opts(3000),
+            opts=paper_scale_opts(3000, checkpoint_period=500),
         )
         for fam, size in PAPER_SCALE_SIZES.items()
     },
