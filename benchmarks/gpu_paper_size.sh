@@ -12,7 +12,8 @@
 # 4), FAMILY (neural | leaves | nuclei, default neural: synth_<FAMILY>_paperscale resized to 512 px
 # by the paper's crop-and-resize), DEVICE (default cuda; cpu for a dry run), DATASET_SPEC (another
 # NAME=FORMAT:PATH to use instead, e.g. a tiny synthetic set for the dry run), THREADS (torch threads
-# per job, default 4), SPEED_IMAGES (default 10).
+# per job, default 4), SPEED_IMAGES (default 10), BATCH (default 8, the paper's; a CPU dry run needs
+# less memory: BATCH=2 JOBS=1).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 MODE=${1:-run}
@@ -68,9 +69,9 @@ STEP=$(( ITERS * 8 / 10 ))
 t0=$(date +%s)
 "$PY" tools/compare.py --configs configs/"$FAMILY"/objguided_R_50.yaml configs/"$FAMILY"/objguided_R_50_norefine.yaml \
     configs/"$FAMILY"/mask_rcnn_R_50_FPN.yaml configs/"$FAMILY"/pointrend_R_50_FPN.yaml \
-  "${DATA[@]}" --iters "$ITERS" --batch 8 --input-size 512 --device "$DEVICE" --jobs "$JOBS" --threads "$THREADS" \
+  "${DATA[@]}" --iters "$ITERS" --batch "${BATCH:-8}" --input-size 512 --device "$DEVICE" --jobs "$JOBS" --threads "$THREADS" \
   --speed-images "${SPEED_IMAGES:-10}" --output "$OUT" \
   --opts MODEL.WEIGHTS "" MODEL.BACKBONE.FREEZE_AT 0 MODEL.RESNETS.NORM BN \
     MODEL.OBJGUIDED.SCORE_THRESH_TEST 0.05 SOLVER.STEPS "($STEP,)" SOLVER.CHECKPOINT_PERIOD "$ITERS" || true
-echo "wall: $(( $(date +%s) - t0 )) s for $ITERS iterations x 4 methods ($JOBS at once) on $DEVICE"
+echo "wall: $(( $(date +%s) - t0 )) s for $ITERS iterations (batch ${BATCH:-8}) x 4 methods ($JOBS at once) on $DEVICE"
 cat "$OUT/table.md"
