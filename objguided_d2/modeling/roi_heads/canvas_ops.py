@@ -15,7 +15,8 @@ operation makes a canvas layer see exactly what the per-ROI layer sees:
   pixel's source position under PyTorch's ``interpolate(align_corners=False)`` rule in its own
   ROI, clamped to the ROI's last cell (so the zero gap never gets weight), read by one
   ``grid_sample`` from the level-(i+1) canvas;
-- GT masks, class logits and refinement points: gathers over the canvas with the ROI grid's taps.
+- GT masks and class logits: gathers over the canvas (GT masks with the ROI grid's taps; the
+  refinement points likewise, in :mod:`.point_refine`).
 
 Equality with the loop is up to float rounding (grid coordinates on a large canvas are float32;
 measured differences in mask probabilities ~1e-7; ``tests/modeling/test_batched_seg.py``).
@@ -31,14 +32,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .canvas_layout import CanvasLayout, LevelLayout, pack_canvas
-from .roi_grid import (
-    bilinear_read,
-    border_index,
-    enlarge_boxes,
-    feature_grid,
-    grid_positions,
-    linear_taps,
-)
+from .roi_grid import bilinear_read, border_index, enlarge_boxes, feature_grid, grid_positions, linear_taps
 
 __all__ = [
     "PackedROIs",
@@ -51,7 +45,7 @@ __all__ = [
     "conv_canvas",
     "scatter_pixels",
     "class_logits_at_pixels",
-    "sample_canvas_points",
+    "roi_class_probs",
 ]
 
 
@@ -373,27 +367,21 @@ def class_logits_at_pixels(mask_logits: torch.Tensor, lay: LevelLayout,
     return flat[cls, lay.pix_flat]
 
 
-def sample_canvas_points(canvas: torch.Tensor, lay: LevelLayout, slot: torch.Tensor,
-                         coords: torch.Tensor) -> torch.Tensor:
-    """``point_sample`` (``align_corners=True`` over each ROI, zeros outside) on a canvas.
+def roi_class_probs(mask_logits: torch.Tensor, layout: CanvasLayout,
+                    class_index: torch.Tensor) -> List[torch.Tensor]:
+    """Each ROI's (h_0, w_0) probability map of its class channel, in ROI order (views into one
+    level-0 probability canvas).
 
     Args:
-        canvas: (1, C, H, W), 0 in the gaps; slot: (M,) slot of each point; coords: (M, 2)
-            box-normalised (x, y) in [0, 1].
-    Returns:
-        (C, M).
+        mask_logits: (1, K, H_0, W_0); class_index: (R,) int64 logit channel of each ROI.
     """
-    C = canvas.shape[1]
-    flat = canvas[0].reshape(C, -1)
-    h, w = lay.h[slot], lay.w[slot]
-    g = (2.0 * coords - 1.0).to(canvas.dtype)
-
-    def axis(gc, size):  # grid_sample, align_corners=True: ((g + 1) / 2) * (size - 1)
-        return linear_taps(((gc + 1) / 2) * (size - 1).to(gc.dtype), size - 1)
-
-    Y, X = lay.y0[slot], lay.x0[slot]
-
-    def tap(ys, xs):
-        return flat.index_select(1, (Y + ys) * lay.width + X + xs)
-
-    return bilinear_read(tap, axis(g[:, 0], w), axis(g[:, 1], h))
+    lay0 = layout.levels[0]
+    lg = mask_logits[0]
+    if lg.shape[0] == 1:
+        probs = lg[0].sigmoid()
+    else:  # each pixel's own ROI class channel
+        cls_px = class_index[lay0.rois]
+        cls_px = torch.cat([cls_px, cls_px.new_zeros(1)])[lay0.slot_map]
+        probs = lg.reshape(lg.shape[0], -1).gather(0, cls_px[None])[0].reshape(lg.shape[1:]).sigmoid()
+    y0, x0, h, w = (t.tolist() for t in (lay0.y0, lay0.x0, lay0.h, lay0.w))
+    return [probs[y0[k] : y0[k] + h[k], x0[k] : x0[k] + w[k]] for k in layout.slots[:, 0].tolist()]

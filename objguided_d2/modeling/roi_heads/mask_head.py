@@ -29,10 +29,16 @@ from detectron2.layers import Conv2d, ShapeSpec
 from detectron2.modeling.roi_heads.mask_head import ROI_MASK_HEAD_REGISTRY
 
 from ..layers import MergeModule
-from .canvas_ops import PackedROIs, class_logits_at_pixels, conv_canvas, upsample_to_canvas
+from .canvas_ops import (
+    PackedROIs,
+    class_logits_at_pixels,
+    conv_canvas,
+    roi_class_probs,
+    upsample_to_canvas,
+)
 from .point_refine import PointRefineHead, canvas_refine_logits, roi_refine_logits
 
-__all__ = ["ObjGuidedMaskHead", "MaskHeadOutput", "seg_refine_losses"]
+__all__ = ["ObjGuidedMaskHead", "MaskHeadOutput", "loop_losses", "canvas_losses", "seg_refine_losses"]
 
 
 @dataclass
@@ -232,23 +238,13 @@ class ObjGuidedMaskHead(nn.Module):
         cidx = self.class_indices(classes)
         if isinstance(rois, PackedROIs):
             out = self.forward_canvas(rois)
-            lay0 = rois.layout.levels[0]
             if gt_roi_masks is not None:
-                return self._canvas_losses(rois, out, cidx, gt_roi_masks)
-            lg = out.mask_logits[0]
-            if lg.shape[0] == 1:
-                probs = lg[0].sigmoid()
-            else:  # each pixel's own ROI class channel
-                cls_px = cidx[lay0.rois]
-                cls_px = torch.cat([cls_px, cls_px.new_zeros(1)])[lay0.slot_map]
-                probs = lg.reshape(lg.shape[0], -1).gather(0, cls_px[None])[0].reshape(lg.shape[1:]).sigmoid()
-            y0, x0, h, w = (t.tolist() for t in (lay0.y0, lay0.x0, lay0.h, lay0.w))
-            return [probs[y0[k] : y0[k] + h[k], x0[k] : x0[k] + w[k]]
-                    for k in rois.layout.slots[:, 0].tolist()]
+                return canvas_losses(self, rois, out, cidx, gt_roi_masks)
+            return roi_class_probs(out.mask_logits, rois.layout, cidx)
         outs = [self.forward_single(r) for r in rois]
         if gt_roi_masks is None:
             return [o.mask_logits[0, c].sigmoid() for o, c in zip(outs, cidx.tolist())]
-        return self._loop_losses(outs, cidx.tolist(), gt_roi_masks)
+        return loop_losses(self, outs, cidx.tolist(), gt_roi_masks)
 
     def class_indices(self, classes: torch.Tensor) -> torch.Tensor:
         """(R,) logit channel of each class: 0 when class-agnostic."""
@@ -266,31 +262,42 @@ class ObjGuidedMaskHead(nn.Module):
                 raise ValueError(f"MODEL.OBJGUIDED.BATCHED_SEG: {name} ({type(m).__name__}) mixes "
                                  "ROIs; set BATCHED_SEG False for this norm")
 
-    # ------------------------------------------------------------------------ losses
-    def _loop_losses(self, outs: List[MaskHeadOutput], cidx: List[int],
-                     targets: List[torch.Tensor]) -> Dict[str, torch.Tensor]:
-        seg, refine = [], []
-        for out, c, target in zip(outs, cidx, targets):
-            logits = out.mask_logits[:, c : c + 1]  # (1, 1, h, w)
-            seg.append(F.binary_cross_entropy_with_logits(logits[0, 0], target.to(logits.dtype)))
-            if self.refine_head is not None:
-                refine.append(roi_refine_logits(self.refine_head, out.e1, out.e2,
-                                                logits.detach().sigmoid(), target, c, **self.point_rule))
-        return seg_refine_losses(self, seg, refine)
 
-    def _canvas_losses(self, rois: PackedROIs, out: MaskHeadOutput, cidx: torch.Tensor,
-                       target: torch.Tensor) -> Dict[str, torch.Tensor]:
-        lay0 = rois.layout.levels[0]
-        logits = class_logits_at_pixels(out.mask_logits, lay0, cidx)  # (P_0,)
-        bce = F.binary_cross_entropy_with_logits(logits, target, reduction="none")
-        per_slot = bce.new_zeros(len(lay0.rois)).index_add(0, lay0.pix_slot, bce)
-        per_slot = per_slot / (lay0.h * lay0.w).to(bce.dtype)  # the mean over ROIs is order-free
-        refine = []
-        if self.refine_head is not None:
-            refine.append(canvas_refine_logits(
-                self.refine_head, rois.layout, out.e1, out.e2, [s[0] for s in rois.level_sizes],
-                logits, target, cidx, **self.point_rule))
-        return seg_refine_losses(self, [per_slot], refine)
+def loop_losses(head: ObjGuidedMaskHead, outs: List[MaskHeadOutput], cidx: List[int],
+                targets: List[torch.Tensor]) -> Dict[str, torch.Tensor]:
+    """The losses of :meth:`ObjGuidedMaskHead.forward_single` outputs, one ROI at a time.
+
+    Args:
+        outs: R outputs; cidx: R logit channels; targets: R (h_0, w_0) GT ROI masks.
+    """
+    seg, refine = [], []
+    for out, c, target in zip(outs, cidx, targets):
+        logits = out.mask_logits[:, c : c + 1]  # (1, 1, h, w)
+        seg.append(F.binary_cross_entropy_with_logits(logits[0, 0], target.to(logits.dtype)))
+        if head.refine_head is not None:
+            refine.append(roi_refine_logits(head.refine_head, out.e1, out.e2,
+                                            logits.detach().sigmoid(), target, c, **head.point_rule))
+    return seg_refine_losses(head, seg, refine)
+
+
+def canvas_losses(head: ObjGuidedMaskHead, rois: PackedROIs, out: MaskHeadOutput,
+                  cidx: torch.Tensor, target: torch.Tensor) -> Dict[str, torch.Tensor]:
+    """:func:`loop_losses` of a packed canvas (:meth:`ObjGuidedMaskHead.forward_canvas`).
+
+    Args:
+        cidx: (R,) logit channels; target: (P_0,) GT ROI masks at the level-0 canvas pixels.
+    """
+    lay0 = rois.layout.levels[0]
+    logits = class_logits_at_pixels(out.mask_logits, lay0, cidx)  # (P_0,)
+    bce = F.binary_cross_entropy_with_logits(logits, target, reduction="none")
+    per_slot = bce.new_zeros(len(lay0.rois)).index_add(0, lay0.pix_slot, bce)
+    per_slot = per_slot / (lay0.h * lay0.w).to(bce.dtype)  # the mean over ROIs is order-free
+    refine = []
+    if head.refine_head is not None:
+        refine.append(canvas_refine_logits(
+            head.refine_head, rois.layout, out.e1, out.e2, [s[0] for s in rois.level_sizes],
+            logits, target, cidx, **head.point_rule))
+    return seg_refine_losses(head, [per_slot], refine)
 
 
 def seg_refine_losses(head: ObjGuidedMaskHead, seg_losses: List[torch.Tensor],

@@ -180,7 +180,7 @@ class ObjGuidedROIHeads(ROIHeads):
             if s:
                 picked.append((i, idx, gt_bitmasks(t)))
                 sizes.extend(s)
-        self._log_num_segmented(len(sizes), num_skipped)
+        _log_num_segmented(len(sizes), num_skipped)
         if not sizes:  # nothing to segment: the head's zero losses
             return self.mask_head([], torch.zeros(0, dtype=torch.int64), [])
         boxes = torch.cat([targets[i].gt_boxes.tensor[js] for i, js, _ in picked])
@@ -208,32 +208,8 @@ class ObjGuidedROIHeads(ROIHeads):
             target[pix] = vals.to(target.dtype)
         return target
 
-    @staticmethod
-    def _log_num_segmented(num_segmented: int, num_skipped: int) -> None:
-        try:
-            storage = get_event_storage()
-        except AssertionError:  # no EventStorage outside a trainer: nothing to log to
-            return
-        storage.put_scalar("roi_heads/num_segmented", num_segmented)
-        storage.put_scalar("roi_heads/num_skipped_small", num_skipped)
-
     def _predict(self, feats: List[torch.Tensor], image_index: int, proposals: Instances) -> Instances:
-        if proposals.has("proposal_boxes"):
-            boxes = proposals.proposal_boxes.tensor
-        elif proposals.has("pred_boxes"):
-            boxes = proposals.pred_boxes.tensor
-        else:
-            raise ValueError("ObjGuidedROIHeads: proposals need `proposal_boxes` or `pred_boxes`")
-        if proposals.has("scores"):
-            scores = proposals.scores
-        elif proposals.has("objectness_logits"):
-            scores = proposals.objectness_logits.sigmoid()
-        else:
-            raise ValueError("ObjGuidedROIHeads: proposals need `scores` or `objectness_logits`")
-        classes = (
-            proposals.pred_classes if proposals.has("pred_classes")
-            else torch.zeros(len(boxes), dtype=torch.int64, device=boxes.device)
-        )
+        boxes, scores, classes = _detections(proposals)
         order = torch.argsort(scores, descending=True)
         if self.detections_per_image > 0:
             order = order[: self.detections_per_image]
@@ -248,3 +224,33 @@ class ObjGuidedROIHeads(ROIHeads):
         res.pred_mask_probs = ROIMaskProbs(probs)
         res.pred_mask_boxes = Boxes(enlarge_boxes(boxes, self.roi_enlarge))
         return res
+
+
+def _detections(proposals: Instances) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(R, 4) boxes, (R,) scores and (R,) classes of proposals or detections."""
+    if proposals.has("proposal_boxes"):
+        boxes = proposals.proposal_boxes.tensor
+    elif proposals.has("pred_boxes"):
+        boxes = proposals.pred_boxes.tensor
+    else:
+        raise ValueError("ObjGuidedROIHeads: proposals need `proposal_boxes` or `pred_boxes`")
+    if proposals.has("scores"):
+        scores = proposals.scores
+    elif proposals.has("objectness_logits"):
+        scores = proposals.objectness_logits.sigmoid()
+    else:
+        raise ValueError("ObjGuidedROIHeads: proposals need `scores` or `objectness_logits`")
+    classes = (
+        proposals.pred_classes if proposals.has("pred_classes")
+        else torch.zeros(len(boxes), dtype=torch.int64, device=boxes.device)
+    )
+    return boxes, scores, classes
+
+
+def _log_num_segmented(num_segmented: int, num_skipped: int) -> None:
+    try:
+        storage = get_event_storage()
+    except AssertionError:  # no EventStorage outside a trainer: nothing to log to
+        return
+    storage.put_scalar("roi_heads/num_segmented", num_segmented)
+    storage.put_scalar("roi_heads/num_skipped_small", num_skipped)

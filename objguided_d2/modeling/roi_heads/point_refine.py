@@ -19,7 +19,9 @@ from torch import nn
 
 from detectron2.projects.point_rend.point_features import point_sample
 
-from .canvas_ops import sample_canvas_points, scatter_pixels
+from .canvas_layout import LevelLayout
+from .canvas_ops import scatter_pixels
+from .roi_grid import bilinear_read, linear_taps
 
 __all__ = [
     "calculate_uncertainty",
@@ -27,6 +29,7 @@ __all__ = [
     "sample_uncertain_points",
     "draw_refine_points",
     "select_uncertain_points",
+    "sample_canvas_points",
     "PointRefineHead",
     "roi_refine_logits",
     "canvas_refine_logits",
@@ -135,6 +138,32 @@ def select_uncertain_points(
     start = torch.cumsum(counts, 0) - counts
     rank = torch.arange(len(u), device=u.device) - start[owner[order]]
     return order[rank < kept[owner[order]]]
+
+
+def sample_canvas_points(canvas: torch.Tensor, lay: LevelLayout, slot: torch.Tensor,
+                         coords: torch.Tensor) -> torch.Tensor:
+    """``point_sample`` (``align_corners=True`` over each ROI, zeros outside) on a canvas.
+
+    Args:
+        canvas: (1, C, H, W), 0 in the gaps; slot: (M,) slot of each point; coords: (M, 2)
+            box-normalised (x, y) in [0, 1].
+    Returns:
+        (C, M).
+    """
+    C = canvas.shape[1]
+    flat = canvas[0].reshape(C, -1)
+    h, w = lay.h[slot], lay.w[slot]
+    g = (2.0 * coords - 1.0).to(canvas.dtype)
+
+    def axis(gc, size):  # grid_sample, align_corners=True: ((g + 1) / 2) * (size - 1)
+        return linear_taps(((gc + 1) / 2) * (size - 1).to(gc.dtype), size - 1)
+
+    Y, X = lay.y0[slot], lay.x0[slot]
+
+    def tap(ys, xs):
+        return flat.index_select(1, (Y + ys) * lay.width + X + xs)
+
+    return bilinear_read(tap, axis(g[:, 0], w), axis(g[:, 1], h))
 
 
 class PointRefineHead(nn.Module):
