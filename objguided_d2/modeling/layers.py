@@ -3,7 +3,7 @@
 
 Shapes: N = batch (or ROIs), C_* = channels, (H_d, W_d) deep size, (H_s, W_s) skip size.
 """
-from typing import Optional
+from typing import Callable, Optional
 
 import torch
 import torch.nn.functional as F
@@ -58,5 +58,24 @@ class MergeModule(nn.Module):
             (N, C_o, H_s, W_s).
         """
         up = F.interpolate(x_deep, size=x_skip.shape[-2:], mode="bilinear", align_corners=False)
-        up = self.up_conv(up)
-        return self.cat_conv(torch.cat([x_skip, up], dim=1))
+        return self.merge_upsampled(up, x_skip)
+
+    def merge_upsampled(self, up: torch.Tensor, x_skip: torch.Tensor,
+                        run_conv: Optional[Callable] = None) -> torch.Tensor:
+        """The module after its upsampling: conv3x3 on ``up``, concatenation with ``x_skip``,
+        conv1x1.
+
+        Args:
+            up: (N, C_d, H_s, W_s) the upsampled deep input; x_skip: (N, C_s, H_s, W_s).
+            run_conv: ``run_conv(conv, x)`` runs one of this module's convs on ``x`` (a tensor, or
+                the list of tensors whose channel concatenation is the input); by default
+                ``conv(x)``. The packed-canvas segmentation passes its canvas-aware runner.
+        Returns:
+            (N, C_o, H_s, W_s).
+        """
+        run = run_conv or _run_conv
+        return run(self.cat_conv, [x_skip, run(self.up_conv, up)])
+
+
+def _run_conv(conv: nn.Module, x) -> torch.Tensor:
+    return conv(torch.cat(x, dim=1) if isinstance(x, (list, tuple)) else x)

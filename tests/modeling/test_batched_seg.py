@@ -1,5 +1,6 @@
-"""The batched (padded-bucket) segmentation branch equals the per-ROI loop (the oracle):
-mask probabilities, losses and gradients, on boxes of very different sizes and aspect ratios."""
+"""The batched (packed-canvas) segmentation branch equals the per-ROI loop (the oracle):
+mask probabilities, losses and gradients, on boxes of very different sizes and aspect ratios;
+and its canvas operations equal the per-ROI operations they stand for."""
 import pytest
 import torch
 import torch.nn.functional as F
@@ -12,19 +13,17 @@ from detectron2.utils.events import EventStorage
 
 from objguided_d2 import add_objguided_config
 from objguided_d2.modeling.roi_heads import ObjGuidedMaskHead, crop_mask_roi, roi_level_sizes
-from objguided_d2.modeling.roi_heads.batched import (
-    bucket_rois,
-    check_batchable,
-    crop_masks_padded,
-    masked_instance_norm,
-    resize_bilinear,
-    valid_masks,
+from objguided_d2.modeling.roi_heads.canvas_layout import pack_canvas
+from objguided_d2.modeling.roi_heads.canvas_ops import (
+    crop_masks_at_pixels,
+    segment_instance_norm,
+    upsample_to_canvas,
 )
 
 NAMES = ["c0", "c1", "d2", "d3", "d4"]
 STRIDES = [1, 2, 4, 8, 16]
 CH = [4, 6, 8, 8, 12]
-PAD_HW = (96, 128)
+PAD_HW = (96, 128)  # feature map size of the loop-vs-canvas cases
 
 DEVICES = [
     "cpu",
@@ -84,48 +83,51 @@ def make_targets(num, image_hw, seed):
 
 
 # ------------------------------------------------------------------------------ building blocks
-def test_buckets_cover_every_segmentable_roi_once():
-    sizes = roi_level_sizes(random_boxes(300, (200, 300), 3), STRIDES)
-    buckets = bucket_rois(sizes, max_elements=4000)
-    flat = sorted(r for b in buckets for r in b)
-    assert flat == [r for r, s in enumerate(sizes) if s]
-    assert any(len(s) == 0 for s in sizes) and len(buckets) > 1
-    for b in buckets:
-        assert len({len(sizes[r]) for r in b}) == 1  # one level count per bucket
-        hp = max(sizes[r][0][0] for r in b)
-        wp = max(sizes[r][0][1] for r in b)
-        assert len(b) == 1 or len(b) * hp * wp <= 4000
+def _slot(lay, k):
+    return tuple(int(t[k]) for t in (lay.y0, lay.x0, lay.h, lay.w))
 
 
-def test_resize_norm_and_mask_crop_match_per_roi_ops():
+def test_upsample_norm_and_mask_crop_match_per_roi_ops():
     g = torch.Generator().manual_seed(0)
-    ins = torch.tensor([[3, 7], [9, 2], [5, 5]])
-    outs = torch.tensor([[7, 15], [19, 4], [5, 11]])
+    ins = [(3, 7), (9, 2), (5, 5)]
+    outs = [(7, 15), (19, 4), (5, 11)]
+    layout = pack_canvas([[o, i] for i, o in zip(ins, outs)])
+    lay0, lay1 = layout.levels
     x = torch.randn(3, 4, 9, 7, generator=g)
-    y = resize_bilinear(x, ins, outs, (19, 15))
-    m = valid_masks(outs, (19, 15))
-    z = masked_instance_norm(y * m, m)
-    for b, ((hi, wi), (ho, wo)) in enumerate(zip(ins.tolist(), outs.tolist())):
+    deep = torch.zeros(1, 4, lay1.height, lay1.width)
+    for b in range(3):
+        y0, x0, h, w = _slot(lay1, int(layout.slots[b, 1]))
+        deep[0, :, y0 : y0 + h, x0 : x0 + w] = x[b, :, :h, :w]
+    up = upsample_to_canvas(deep, lay1, lay0, layout.slots[lay0.rois[: lay0.num_merged], 1])
+    z = segment_instance_norm((up * 3 + 1).clone(), lay0, lay0.merged_rows)
+    assert (up * (1 - lay0.mask[:, :, : lay0.merged_rows])).abs().sum() == 0  # gaps stay 0
+    for b, ((hi, wi), (ho, wo)) in enumerate(zip(ins, outs)):
+        y0, x0, h, w = _slot(lay0, int(layout.slots[b, 0]))
         ref = F.interpolate(x[b : b + 1, :, :hi, :wi], size=(ho, wo), mode="bilinear", align_corners=False)
-        torch.testing.assert_close(y[b : b + 1, :, :ho, :wo], ref, rtol=0, atol=1e-5)
-        torch.testing.assert_close(z[b : b + 1, :, :ho, :wo], F.instance_norm(ref), rtol=0, atol=1e-5)
-        assert z[b, :, ho:].abs().sum() == 0 and z[b, :, :, wo:].abs().sum() == 0
+        torch.testing.assert_close(up[:, :, y0 : y0 + h, x0 : x0 + w], ref, rtol=0, atol=1e-5)
+        torch.testing.assert_close(z[:, :, y0 : y0 + h, x0 : x0 + w], F.instance_norm(ref * 3 + 1),
+                                   rtol=0, atol=1e-5)
 
     boxes = torch.tensor([[3.3, 4.1, 20.7, 9.2], [0.0, 10.5, 39.0, 30.0], [30.2, 1.0, 33.9, 29.5]])
     masks = torch.rand(3, 31, 40, generator=g) > 0.4
-    sizes = torch.tensor([s[0] for s in roi_level_sizes(boxes, [1])])
-    pad = tuple(sizes.amax(dim=0).tolist())
-    got = crop_masks_padded(masks, boxes, sizes, pad)
-    for b, (h, w) in enumerate(sizes.tolist()):
-        torch.testing.assert_close(got[b, :h, :w], crop_mask_roi(masks[b], boxes[b], (h, w)),
-                                   rtol=0, atol=1e-6)
-        assert got[b, h:].sum() == 0 and got[b, :, w:].sum() == 0
+    sizes = roi_level_sizes(boxes, [1])
+    lay = pack_canvas(sizes).levels[0]
+    slots = pack_canvas(sizes).slots[:, 0]
+    pix, vals = crop_masks_at_pixels(masks, boxes, slots, lay)
+    canvas = torch.zeros(lay.height * lay.width)
+    canvas[lay.pix_flat[pix]] = vals
+    canvas = canvas.reshape(lay.height, lay.width)
+    assert len(pix) == sum(h * w for (h, w), in sizes)
+    for b, ((h, w),) in enumerate(sizes):
+        y0, x0, _, _ = _slot(lay, int(slots[b]))
+        torch.testing.assert_close(canvas[y0 : y0 + h, x0 : x0 + w],
+                                   crop_mask_roi(masks[b], boxes[b], (h, w)), rtol=0, atol=1e-6)
 
 
 def test_unsupported_norm_is_refused():
     head = ObjGuidedMaskHead(in_channels=[4, 4], seg_channels=[4], num_classes=1, seg_norm="BN")
     with pytest.raises(ValueError, match="BATCHED_SEG"):
-        check_batchable(head)
+        head.check_batchable()
 
 
 # ------------------------------------------------------------------------------ loop == batched
@@ -189,8 +191,6 @@ def test_training_losses_and_gradients_equal_loop(device, refine_on, max_inst):
 
 # ------------------------------------------------------------------------------ canvas packing
 def test_canvas_layout_separates_rois_and_orders_levels():
-    from objguided_d2.modeling.roi_heads.canvas import pack_canvas
-
     sizes = [s for s in roi_level_sizes(random_boxes(120, (200, 300), 7), STRIDES) if s]
     layout = pack_canvas(sizes)
     for l, lay in enumerate(layout.levels):
@@ -214,8 +214,6 @@ def test_canvas_layout_separates_rois_and_orders_levels():
 
 
 def test_segment_instance_norm_matches_per_roi_instance_norm():
-    from objguided_d2.modeling.roi_heads.canvas import pack_canvas, segment_instance_norm
-
     sizes = [[(h, w)] for h, w in [(3, 7), (9, 2), (5, 5), (12, 4), (2, 2), (7, 9)]]
     lay = pack_canvas(sizes).levels[0]
     g = torch.Generator().manual_seed(0)
@@ -278,8 +276,7 @@ def test_single_image_training_and_entry_convs_equal_loop(og):
 
 
 def test_paste_pixels_and_mask_nms_from_pixels_match_full_masks():
-    from objguided_d2.modeling.meta_arch import mask_nms
-    from objguided_d2.modeling.roi_heads import paste_roi_masks
+    from objguided_d2.modeling.postprocessing import mask_nms, paste_roi_masks
 
     g = torch.Generator().manual_seed(3)
     boxes = random_boxes(40, (60, 80), 9)

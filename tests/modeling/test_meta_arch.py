@@ -7,8 +7,10 @@ from detectron2.structures import BitMasks, Boxes, Instances, PolygonMasks
 from detectron2.utils.events import EventStorage
 
 from objguided_d2 import add_objguided_config
-from objguided_d2.modeling.meta_arch import ObjGuidedRCNN, mask_nms, postprocess_instances
-from objguided_d2.modeling.roi_heads import ROIMaskProbs, enlarge_boxes, roi_level_sizes
+from objguided_d2.modeling.meta_arch import ObjGuidedRCNN
+from objguided_d2.modeling.postprocessing import mask_nms, postprocess_instances
+from objguided_d2.modeling.roi_heads import enlarge_boxes, roi_level_sizes
+from objguided_d2.structures import ROIMaskProbs
 
 
 def disc_results(discs, image_hw, scores=None, classes=None):

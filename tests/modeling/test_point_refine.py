@@ -1,11 +1,12 @@
 import pytest
 import torch
 
+from detectron2.projects.point_rend.point_features import point_sample
+
 from objguided_d2.modeling.roi_heads.point_refine import (
     PointRefineHead,
     calculate_uncertainty,
     num_refine_points,
-    point_sample,
     roi_refine_logits,
     sample_uncertain_points,
 )
@@ -22,7 +23,7 @@ def test_point_sample_corners_and_linear():
     ys, xs = torch.meshgrid(torch.arange(5.0), torch.arange(9.0), indexing="ij")
     maps = (2 * xs + 3 * ys)[None, None]  # (1, 1, 5, 9)
     coords = torch.tensor([[[0.0, 0.0], [1.0, 1.0], [0.5, 0.25], [0.3, 0.9]]])
-    out = point_sample(maps, coords)
+    out = point_sample(maps, coords, align_corners=True)  # PointRend's, as the refinement reads ROI maps
     assert out.shape == (1, 1, 4)
     # (x, y) in [0, 1] spans sample 0 .. last sample (align_corners=True).
     expected = 2 * coords[0, :, 0] * 8 + 3 * coords[0, :, 1] * 4

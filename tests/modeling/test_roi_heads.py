@@ -8,7 +8,8 @@ from detectron2.structures import BitMasks, Boxes, Instances, PolygonMasks
 from detectron2.utils.events import EventStorage
 
 from objguided_d2 import add_objguided_config
-from objguided_d2.modeling.roi_heads import ObjGuidedROIHeads, ROIMaskProbs
+from objguided_d2.modeling.roi_heads import ObjGuidedROIHeads
+from objguided_d2.structures import ROIMaskProbs
 
 NAMES = ["c0", "c1", "d2", "d3", "d4"]
 STRIDES = [1, 2, 4, 8, 16]
@@ -125,13 +126,14 @@ def test_seg_loss_matches_manual_bce_and_weight():
     with EventStorage():
         _, losses = heads(None, feats, [Instances(t.image_size)], [t])
     assert set(losses) == {"loss_seg"}
-    from objguided_d2.modeling.roi_heads.roi_sampling import crop_mask_roi, roi_level_sizes
+    from objguided_d2.modeling.roi_heads.roi_grid import crop_mask_roi, crop_roi, roi_level_sizes
     import torch.nn.functional as F
 
     per = []
     for j, sizes in enumerate(roi_level_sizes(t.gt_boxes.tensor, STRIDES)):
-        out = heads.mask_head.forward_single(heads._crop_levels(
-            [feats[n] for n in NAMES], 0, t.gt_boxes.tensor[j], sizes))
+        out = heads.mask_head.forward_single([
+            crop_roi(feats[n], t.gt_boxes.tensor[j], hw, s)[None]
+            for n, s, hw in zip(NAMES, STRIDES, sizes)])
         target = crop_mask_roi(t.gt_masks.tensor[j], t.gt_boxes.tensor[j], sizes[0])
         per.append(F.binary_cross_entropy_with_logits(out.mask_logits[0, int(t.gt_classes[j])], target))
     torch.testing.assert_close(losses["loss_seg"], 2.0 * torch.stack(per).mean())

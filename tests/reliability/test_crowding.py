@@ -16,7 +16,7 @@ import objguided_d2.modeling.proposal_generator.centernet_utils as cu
 from objguided_d2.data.dataset_mapper import ObjGuidedDatasetMapper
 from objguided_d2.data.formats import convert_to_coco
 from objguided_d2.engine.train_net import load_config
-from objguided_d2.modeling.meta_arch import mask_nms
+from objguided_d2.modeling.postprocessing import mask_nms
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 TINY = os.path.join(ROOT, "configs", "tiny", "objguided_R18_tiny.yaml")

@@ -15,10 +15,11 @@ from pycocotools import mask as mask_util
 
 from objguided_d2.engine.train_net import load_config
 from objguided_d2.evaluation.paper_ap import ImageInstances, paper_ap
-from objguided_d2.modeling.meta_arch import postprocess_instances
+from objguided_d2.modeling.postprocessing import postprocess_instances
 from objguided_d2.modeling.proposal_generator import CenterNetProposalGenerator
 from objguided_d2.modeling.proposal_generator.centernet_utils import build_targets, decode_detections
-from objguided_d2.modeling.roi_heads import ROIMaskProbs, enlarge_boxes, roi_level_sizes
+from objguided_d2.modeling.roi_heads import enlarge_boxes, roi_level_sizes
+from objguided_d2.structures import ROIMaskProbs
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 SETTINGS = settings(max_examples=40, deadline=None)

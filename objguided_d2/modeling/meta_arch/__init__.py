@@ -1,4 +1,4 @@
 """Meta-architecture (registers ``ObjGuidedRCNN``)."""
-from .objguided_rcnn import ObjGuidedRCNN, mask_nms, postprocess_instances
+from .objguided_rcnn import ObjGuidedRCNN
 
-__all__ = ["ObjGuidedRCNN", "mask_nms", "postprocess_instances"]
+__all__ = ["ObjGuidedRCNN"]

@@ -1,16 +1,24 @@
-"""The object-guided segmentation branch (method card §3): S merge modules over the per-level ROI
-crops, deepest level present first, then the mask predictor on e1; plus the refinement heads
-(method card §4) that read e1 and e2 at training time.
+"""The object-guided mask head (method card §3, §4): the whole segmentation branch, its two
+forward passes and its losses, registered in ``ROI_MASK_HEAD_REGISTRY``.
 
-One ROI at a time (the authors' design: ROI sizes vary and InstanceNorm normalises each ROI on
-its own). ``forward_single`` is the per-ROI reference that a batched implementation can be
-checked against.
+S merge modules run over the per-level ROI crops, deepest level present first, then the mask
+predictor on e1; the refinement heads (:mod:`.point_refine`) read e1 and e2 at training time.
+The head takes crops from the ROI heads in either of two forms and runs the same maths on both:
 
-Shapes: L levels (0 = stride 1), (h_i, w_i) ROI size at level i, C_i crop channels,
-K mask classes (1 when class-agnostic).
+- one ROI at a time (:meth:`ObjGuidedMaskHead.forward_single`; the authors' design and the
+  reference: ROI sizes vary and InstanceNorm normalises each ROI on its own);
+- all ROIs at once on one zero-separated canvas per level
+  (:meth:`ObjGuidedMaskHead.forward_canvas`, operations in :mod:`.canvas_ops`).
+
+Like Detectron2's ``BaseMaskRCNNHead``, :meth:`ObjGuidedMaskHead.forward` returns the losses
+(``loss_seg``, ``loss_refine``) in training and the mask probabilities at inference.
+
+Shapes: R ROIs, L levels (0 = stride 1), (h_i, w_i) ROI size at level i, C_i crop channels,
+K mask classes (1 when class-agnostic), P_0 level-0 canvas pixels.
 """
 from dataclasses import dataclass
-from typing import Dict, List, Optional, Sequence
+from functools import partial
+from typing import Dict, List, Optional, Sequence, Union
 
 import torch
 import torch.nn.functional as F
@@ -21,18 +29,25 @@ from detectron2.layers import Conv2d, ShapeSpec
 from detectron2.modeling.roi_heads.mask_head import ROI_MASK_HEAD_REGISTRY
 
 from ..layers import MergeModule
-from .point_refine import PointRefineHead
+from .canvas_ops import (
+    PackedROIs,
+    class_logits_at_pixels,
+    conv_canvas,
+    roi_class_probs,
+    upsample_to_canvas,
+)
+from .point_refine import PointRefineHead, canvas_refine_logits, roi_refine_logits
 
-__all__ = ["ObjGuidedMaskHead", "MaskHeadOutput"]
+__all__ = ["ObjGuidedMaskHead", "MaskHeadOutput", "loop_losses", "canvas_losses", "seg_refine_losses"]
 
 
 @dataclass
 class MaskHeadOutput:
-    """What the segmentation branch returns for one ROI.
+    """What the segmentation branch returns, for one ROI or for a packed canvas.
 
-    mask_logits: (1, K, h_0, w_0).
-    e1: (1, C_e1, h_0, w_0), the S0 output (or the level-0 crop when no deeper level exists).
-    e2: (1, C_e2, h_1, w_1), the S1 output, or None when the ROI has a single level.
+    mask_logits: (1, K, h_0, w_0) (one ROI) or (1, K, H_0, W_0) (level-0 canvas).
+    e1: the S0 output (or the level-0 crop when no deeper level exists), same layout.
+    e2: the S1 output, or None when there is no level 1.
     """
 
     mask_logits: torch.Tensor
@@ -60,6 +75,11 @@ class ObjGuidedMaskHead(nn.Module):
         mask_head_channels: int = 64,
         seg_norm: str = "IN",
         refine_on: bool = True,
+        seg_loss_weight: float = 2.0,
+        refine_loss_weight: float = 1.0,
+        refine_point_divisor: int = 8,
+        refine_oversample_ratio: float = 3.0,
+        refine_importance_sample_ratio: float = 0.75,
     ):
         """
         Args:
@@ -69,7 +89,10 @@ class ObjGuidedMaskHead(nn.Module):
             cls_agnostic_mask: predict one mask for every class.
             mask_head_channels: hidden width of the mask predictor.
             seg_norm: norm of the S modules ("IN" in the paper).
-            refine_on: build the two point-refinement heads (training only).
+            refine_on: build the two point-refinement heads and train ``loss_refine``.
+            seg_loss_weight / refine_loss_weight: loss weights.
+            refine_point_divisor / refine_oversample_ratio / refine_importance_sample_ratio:
+                D, k, beta of the point sampling.
         """
         super().__init__()
         in_channels = [int(c) for c in in_channels]
@@ -112,6 +135,11 @@ class ObjGuidedMaskHead(nn.Module):
             PointRefineHead(e1_channels, level_width[1], self.num_mask_classes)
             if refine_on and self.num_levels > 1 else None
         )
+        self.seg_loss_weight = seg_loss_weight
+        self.refine_loss_weight = refine_loss_weight
+        self.point_rule = dict(point_divisor=int(refine_point_divisor),
+                               oversample_ratio=refine_oversample_ratio,
+                               importance_sample_ratio=refine_importance_sample_ratio)
 
     @classmethod
     def from_config(cls, cfg, input_shape: Dict[str, ShapeSpec]):
@@ -123,23 +151,26 @@ class ObjGuidedMaskHead(nn.Module):
                 f"names {missing}, not among the backbone outputs {sorted(input_shape)}"
             )
         in_channels = [input_shape[f].channels for f in og.SEG_IN_FEATURES]
-        seg_channels = list(og.SEG_CHANNELS) or in_channels[:-1]
         return {
             "in_channels": in_channels,
-            "seg_channels": seg_channels,
+            "seg_channels": list(og.SEG_CHANNELS) or in_channels[:-1],
             "num_classes": cfg.MODEL.ROI_HEADS.NUM_CLASSES,
             "cls_agnostic_mask": cfg.MODEL.ROI_MASK_HEAD.CLS_AGNOSTIC_MASK,
             "mask_head_channels": og.MASK_HEAD_CHANNELS,
             "refine_on": og.REFINE_ON,
+            "seg_loss_weight": og.SEG_LOSS_WEIGHT,
+            "refine_loss_weight": og.REFINE_LOSS_WEIGHT,
+            "refine_point_divisor": og.REFINE_POINT_DIVISOR,
+            "refine_oversample_ratio": og.REFINE_OVERSAMPLE_RATIO,
+            "refine_importance_sample_ratio": og.REFINE_IMPORTANCE_SAMPLE_RATIO,
         }
 
+    # ------------------------------------------------------------------------ the two passes
     def forward_single(self, roi_feats: List[torch.Tensor]) -> MaskHeadOutput:
         """Segment one ROI.
 
         Args:
             roi_feats: crops of levels 0..l-1 (l >= 1), each (1, C_i, h_i, w_i), shallow first.
-        Returns:
-            :class:`MaskHeadOutput`.
         """
         n = len(roi_feats)
         if not 1 <= n <= self.num_levels:
@@ -156,14 +187,138 @@ class ObjGuidedMaskHead(nn.Module):
             x = self.merges[i](x, roi_feats[i])
             if i == 1:
                 e2 = x
-        e1 = x
-        mask_logits = self.predictor(self.mask_fcn(e1))
-        return MaskHeadOutput(mask_logits=mask_logits, e1=e1, e2=e2)
+        return MaskHeadOutput(mask_logits=self.predictor(self.mask_fcn(x)), e1=x, e2=e2)
 
-    def forward(self, rois: List[List[torch.Tensor]]) -> List[MaskHeadOutput]:
-        """Segment ROIs one at a time; ``rois[r]`` is the argument of :meth:`forward_single`."""
-        return [self.forward_single(r) for r in rois]
+    def forward_canvas(self, rois: PackedROIs) -> MaskHeadOutput:
+        """:meth:`forward_single` for every ROI of a packed canvas at once (canvases in, canvases
+        out: e1 and the logits on the level-0 canvas, e2 on the level-1 canvas)."""
+        layout = rois.layout
+        levels = layout.levels
+        if len(levels) > self.num_levels:
+            raise ValueError(f"ObjGuidedMaskHead: ROIs with {len(levels)} levels, the head has "
+                             f"{self.num_levels}")
+        xs: List[Optional[torch.Tensor]] = [None] * len(levels)
+        for i in range(len(levels) - 1, -1, -1):
+            lay, crop = levels[i], rois.crops[i]
+            hm = lay.merged_rows
+            parts = []
+            if lay.num_merged:  # rows [0, hm): S_i merges the deeper canvas into these ROIs
+                deep_slot = layout.slots[lay.rois[: lay.num_merged], i + 1]
+                up = upsample_to_canvas(xs[i + 1], levels[i + 1], lay, deep_slot)
+                parts.append(self.merges[i].merge_upsampled(
+                    up, crop[:, :, :hm], run_conv=partial(conv_canvas, lay=lay, rows=hm)))
+            if lay.num_merged < len(lay.rois):  # ROIs whose deepest level is i: x = entry(crop)
+                rest = crop[:, :, hm:]
+                if not isinstance(self.entry[i], nn.Identity):
+                    rest = self.entry[i](rest) * lay.mask[:, :, hm:]
+                parts.append(rest)
+            xs[i] = parts[0] if len(parts) == 1 else torch.cat(parts, dim=2)
+        run0 = partial(conv_canvas, lay=levels[0], rows=levels[0].height)
+        logits = run0(self.predictor, run0(self.mask_fcn, xs[0]))
+        return MaskHeadOutput(mask_logits=logits, e1=xs[0], e2=xs[1] if len(xs) > 1 else None)
 
-    def class_index(self, cls: int) -> int:
-        """Channel of the mask / refinement logits for class ``cls``."""
-        return 0 if self.num_mask_classes == 1 else int(cls)
+    # ------------------------------------------------------------------------ head interface
+    def forward(
+        self,
+        rois: Union[PackedROIs, List[List[torch.Tensor]]],
+        classes: torch.Tensor,
+        gt_roi_masks: Optional[Union[torch.Tensor, List[torch.Tensor]]] = None,
+    ):
+        """
+        Args:
+            rois: R ROIs' crops, packed (:class:`PackedROIs`) or one list of level crops per ROI
+                (the argument of :meth:`forward_single`).
+            classes: (R,) int64 class of each ROI.
+            gt_roi_masks: training targets sampled on the ROI grids: (P_0,) at the level-0
+                canvas pixels (packed) or R (h_0, w_0) maps; None at inference.
+        Returns:
+            training: {"loss_seg", ["loss_refine"]}; inference: R (h_0, w_0) probability maps of
+            each ROI's class (views into one canvas when packed).
+        """
+        cidx = self.class_indices(classes)
+        if isinstance(rois, PackedROIs):
+            out = self.forward_canvas(rois)
+            if gt_roi_masks is not None:
+                return canvas_losses(self, rois, out, cidx, gt_roi_masks)
+            return roi_class_probs(out.mask_logits, rois.layout, cidx)
+        outs = [self.forward_single(r) for r in rois]
+        if gt_roi_masks is None:
+            return [o.mask_logits[0, c].sigmoid() for o, c in zip(outs, cidx.tolist())]
+        return loop_losses(self, outs, cidx.tolist(), gt_roi_masks)
+
+    def class_indices(self, classes: torch.Tensor) -> torch.Tensor:
+        """(R,) logit channel of each class: 0 when class-agnostic."""
+        if self.num_mask_classes == 1:
+            return torch.zeros_like(classes, dtype=torch.int64)
+        return classes.long()
+
+    def check_batchable(self) -> None:
+        """Raise a clear error when a layer mixes ROIs, which the canvas pass cannot reproduce."""
+        for name, m in self.named_modules():
+            if isinstance(m, nn.InstanceNorm2d) and (m.affine or m.track_running_stats):
+                raise ValueError(f"MODEL.OBJGUIDED.BATCHED_SEG: {name} is an affine / tracked "
+                                 "InstanceNorm; only the paper's affine=False one is supported")
+            if isinstance(m, (nn.BatchNorm2d, nn.GroupNorm)) or type(m).__name__ == "FrozenBatchNorm2d":
+                raise ValueError(f"MODEL.OBJGUIDED.BATCHED_SEG: {name} ({type(m).__name__}) mixes "
+                                 "ROIs; set BATCHED_SEG False for this norm")
+
+
+def loop_losses(head: ObjGuidedMaskHead, outs: List[MaskHeadOutput], cidx: List[int],
+                targets: List[torch.Tensor]) -> Dict[str, torch.Tensor]:
+    """The losses of :meth:`ObjGuidedMaskHead.forward_single` outputs, one ROI at a time.
+
+    Args:
+        outs: R outputs; cidx: R logit channels; targets: R (h_0, w_0) GT ROI masks.
+    """
+    seg, refine = [], []
+    for out, c, target in zip(outs, cidx, targets):
+        logits = out.mask_logits[:, c : c + 1]  # (1, 1, h, w)
+        seg.append(F.binary_cross_entropy_with_logits(logits[0, 0], target.to(logits.dtype)))
+        if head.refine_head is not None:
+            refine.append(roi_refine_logits(head.refine_head, out.e1, out.e2,
+                                            logits.detach().sigmoid(), target, c, **head.point_rule))
+    return seg_refine_losses(head, seg, refine)
+
+
+def canvas_losses(head: ObjGuidedMaskHead, rois: PackedROIs, out: MaskHeadOutput,
+                  cidx: torch.Tensor, target: torch.Tensor) -> Dict[str, torch.Tensor]:
+    """:func:`loop_losses` of a packed canvas (:meth:`ObjGuidedMaskHead.forward_canvas`).
+
+    Args:
+        cidx: (R,) logit channels; target: (P_0,) GT ROI masks at the level-0 canvas pixels.
+    """
+    lay0 = rois.layout.levels[0]
+    logits = class_logits_at_pixels(out.mask_logits, lay0, cidx)  # (P_0,)
+    bce = F.binary_cross_entropy_with_logits(logits, target, reduction="none")
+    per_slot = bce.new_zeros(len(lay0.rois)).index_add(0, lay0.pix_slot, bce)
+    per_slot = per_slot / (lay0.h * lay0.w).to(bce.dtype)  # the mean over ROIs is order-free
+    refine = []
+    if head.refine_head is not None:
+        refine.append(canvas_refine_logits(
+            head.refine_head, rois.layout, out.e1, out.e2, [s[0] for s in rois.level_sizes],
+            logits, target, cidx, **head.point_rule))
+    return seg_refine_losses(head, [per_slot], refine)
+
+
+def seg_refine_losses(head: ObjGuidedMaskHead, seg_losses: List[torch.Tensor],
+                      refine: List[Optional[tuple]]) -> Dict[str, torch.Tensor]:
+    """Weighted ``loss_seg`` (mean per-ROI BCE; ``seg_losses``: scalars or (R,) per-ROI vectors)
+    and ``loss_refine`` (BCE over all point entries; ``refine``: (logits, labels) pairs or None).
+
+    Both stay connected to every head parameter (a zero term) so that a batch with nothing to
+    segment has finite, backward-able losses and DDP sees no unused parameter.
+    """
+    seg_losses = [x.reshape(-1) for x in seg_losses]
+    seg_losses = [x for x in seg_losses if x.numel()]
+    zero = sum(p.sum() for p in head.parameters()) * 0.0
+    loss_seg = torch.cat(seg_losses).mean() + zero if seg_losses else zero
+    losses = {"loss_seg": loss_seg * head.seg_loss_weight}
+    if head.refine_head is not None:
+        refine = [r for r in refine if r is not None]
+        if refine and sum(r[0].numel() for r in refine) > 0:
+            loss_ref = F.binary_cross_entropy_with_logits(
+                torch.cat([r[0] for r in refine]), torch.cat([r[1] for r in refine])) + zero
+        else:
+            loss_ref = zero
+        losses["loss_refine"] = loss_ref * head.refine_loss_weight
+    return losses

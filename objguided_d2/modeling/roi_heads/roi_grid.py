@@ -1,0 +1,209 @@
+"""The ROI grid (method card §3, §5): the one place of its geometry. Both segmentation paths (the
+one-ROI loop and the packed canvases), the GT-mask sampling and the refinement points use it.
+
+Pixel-coordinate convention (Detectron2's, used for every box here): input pixel (y, x) covers
+[x, x + 1) x [y, y + 1) and has its centre at (x + 0.5, y + 0.5). A feature cell i at stride s
+covers input pixels [s*i, s*(i + 1)) with centre s*(i + 0.5); a feature map is read as the bilinear
+interpolant of its cell centres over its extent [0, s*W] (clamped to the border cells inside that
+extent, zero outside it).
+
+ROI grid: a box is enlarged by ``enlarge`` (1.1) about its centre to [X0, Y0, X1, Y1]
+(:func:`enlarge_boxes`); at a level where the ROI is (h, w) (:func:`roi_level_sizes`) the samples
+lie at x_j = X0 + j * (X1 - X0) / (w - 1), j = 0..w-1 (:func:`grid_positions`: the endpoints are
+the enlarged box's edges, align_corners=True semantics over the box), likewise y. Every level of
+one ROI therefore spans the same box, and a box-normalised coordinate t in [0, 1]
+(x = X0 + t * (X1 - X0)) addresses any level's ROI map with ``align_corners=True``; the point
+refinement and the pasting rely on it.
+
+Taps: :func:`linear_taps` and :func:`bilinear_read` are the bilinear read of a map at fractional
+indices, as ``grid_sample`` computes it; the canvas path uses them where it reads by gathers.
+
+Shapes: R ROIs, L levels, C channels, (H, W) map size, (h, w) ROI size.
+"""
+from typing import Callable, List, Sequence, Tuple, Union
+
+import torch
+import torch.nn.functional as F
+
+__all__ = [
+    "check_boxes",
+    "enlarge_boxes",
+    "roi_level_sizes",
+    "grid_positions",
+    "feature_grid",
+    "border_index",
+    "linear_taps",
+    "bilinear_read",
+    "crop_roi",
+    "crop_mask_roi",
+]
+
+# ROI sizes are int(enlarge * side / stride); boxes arrive as float32 XYXY, so side lengths carry
+# ~1e-5 rounding error that must not flip int(22.0) into 21.
+_SIZE_EPS = 1e-4
+
+
+def check_boxes(boxes: torch.Tensor, name: str = "boxes") -> None:
+    """Raise a clear error unless ``boxes`` is an (R, 4) tensor."""
+    if boxes.ndim != 2 or boxes.shape[-1] != 4:
+        raise ValueError(f"{name}: expected an (R, 4) XYXY tensor, got shape {tuple(boxes.shape)}")
+
+
+def enlarge_boxes(boxes: torch.Tensor, enlarge: float = 1.1) -> torch.Tensor:
+    """
+    Args:
+        boxes: (R, 4) XYXY, input pixels.
+        enlarge: scale factor about each box's centre.
+    Returns:
+        (R, 4) XYXY: the boxes the ROI grids span (their edges are the grids' endpoints).
+    """
+    check_boxes(boxes)
+    ctr = (boxes[:, :2] + boxes[:, 2:]) * 0.5
+    half = (boxes[:, 2:] - boxes[:, :2]) * (0.5 * enlarge)
+    return torch.cat([ctr - half, ctr + half], dim=1)
+
+
+def roi_level_sizes(
+    boxes: torch.Tensor,
+    strides: Sequence[int],
+    enlarge: float = 1.1,
+    min_size: int = 2,
+) -> List[List[Tuple[int, int]]]:
+    """ROI size (h, w) of each box at each level, level 0 first.
+
+    h = int(enlarge * box_h / stride) (likewise w); the list of a box stops before the first level
+    where a side is < ``min_size`` and is empty when level 0 already is (the instance is skipped).
+
+    Args:
+        boxes: (R, 4) XYXY, input pixels.
+        strides: L strides, shallow to deep (e.g. [1, 2, 4, 8, 16]).
+    Returns:
+        R lists of at most L (h, w) tuples.
+    """
+    check_boxes(boxes)
+    if len(boxes) == 0:
+        return []
+    hw = torch.stack([boxes[:, 3] - boxes[:, 1], boxes[:, 2] - boxes[:, 0]], dim=1).double().cpu()
+    s = torch.as_tensor(list(strides), dtype=torch.float64)
+    sizes = torch.floor(enlarge * hw[:, None, :] / s[None, :, None] + _SIZE_EPS).long()  # (R, L, 2)
+    # A level counts only if it and every shallower level are large enough.
+    ok = (sizes >= min_size).all(dim=2).long().cumprod(dim=1).bool()  # (R, L)
+    counts = ok.sum(dim=1).tolist()
+    sizes_list = sizes.tolist()
+    return [[tuple(sizes_list[r][l]) for l in range(counts[r])] for r in range(len(counts))]
+
+
+def grid_positions(lo, hi, j: torch.Tensor, n: torch.Tensor) -> torch.Tensor:
+    """Input-pixel position of grid sample ``j`` of ``n`` spanning [lo, hi] (endpoints included),
+    in float64: x = lo + (hi - lo) * j / max(n - 1, 1).
+
+    Args:
+        lo, hi: enlarged-box edges (floats or float64 tensors broadcastable with ``j``).
+        j: sample indices; n: the ROI side (int64 tensor broadcastable with ``j``).
+    """
+    t = j.double() / (n - 1).clamp(min=1).double()
+    return lo + (hi - lo) * t
+
+
+def feature_grid(x: torch.Tensor, extent: float) -> Tuple[torch.Tensor, torch.Tensor]:
+    """``grid_sample`` coordinates (align_corners=False) of input-pixel positions ``x`` on a map
+    whose extent is [0, extent] input pixels, and whether each lies inside that extent.
+
+    Cell i (centre s*(i + 0.5)) sits at normalised 2*(i + 0.5)/W - 1 = 2*x/(s*W) - 1.
+    """
+    g = 2.0 * x / extent - 1.0
+    return g, (x >= 0) & (x <= extent)
+
+
+def border_index(g: torch.Tensor, size: int) -> torch.Tensor:
+    """``grid_sample``'s unnormalisation of coordinates ``g`` with align_corners=False and
+    "border" padding: the fractional cell index, clamped to [0, size - 1] (float32)."""
+    ix = ((g.float() + 1) * size - 1) / 2
+    return ix.clamp(0, size - 1)
+
+
+def linear_taps(ix: torch.Tensor, last: Union[int, torch.Tensor]):
+    """The two taps of linear interpolation at fractional indices ``ix`` >= 0 of a line of cells
+    0..last: (i0, i1) int64 and their weights (w0, w1). A tap beyond ``last`` is read at ``last``
+    and only ever has weight 0 there (ix = last), which equals zero padding."""
+    last = torch.as_tensor(last, device=ix.device)
+    i0 = ix.floor()
+    w1 = ix - i0
+    i0 = torch.minimum(i0.long(), last)
+    return i0, torch.minimum(i0 + 1, last), 1 - w1, w1
+
+
+def bilinear_read(tap: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], x_taps, y_taps):
+    """Bilinear interpolation from :func:`linear_taps` along x and y; ``tap(ys, xs)`` reads the
+    map at integer indices."""
+    x0, x1, wx0, wx1 = x_taps
+    y0, y1, wy0, wy1 = y_taps
+    return (wy0 * (wx0 * tap(y0, x0) + wx1 * tap(y0, x1))
+            + wy1 * (wx0 * tap(y1, x0) + wx1 * tap(y1, x1)))
+
+
+def crop_roi(
+    feature: torch.Tensor,
+    box: torch.Tensor,
+    out_hw: Tuple[int, int],
+    stride: float,
+    *,
+    enlarge: float = 1.1,
+    batch_index: int = 0,
+) -> torch.Tensor:
+    """Bilinearly sample a feature map on the ROI grid of ``box`` (see the module docstring).
+
+    Args:
+        feature: (N, C, H, W) or (C, H, W) map at ``stride`` (input pixels per cell).
+        box: (4,) XYXY, input pixels, *before* enlargement.
+        out_hw: (h, w) ROI size, both >= 1.
+        stride: the map's stride.
+        enlarge: box enlargement about its centre.
+        batch_index: which image of an (N, C, H, W) map.
+    Returns:
+        (C, h, w), differentiable w.r.t. ``feature``.
+    """
+    if feature.ndim == 3:
+        feature = feature[None]
+    if feature.ndim != 4:
+        raise ValueError(f"crop_roi: feature must be (N, C, H, W), got {tuple(feature.shape)}")
+    if not 0 <= batch_index < feature.shape[0]:
+        raise ValueError(f"crop_roi: batch_index {batch_index} out of range for {feature.shape[0]} images")
+    h, w = int(out_hw[0]), int(out_hw[1])
+    if h < 1 or w < 1:
+        raise ValueError(f"crop_roi: out_hw must be positive, got {out_hw}")
+    box = torch.as_tensor(box, dtype=torch.float64).reshape(1, 4)
+    x0, y0, x1, y1 = enlarge_boxes(box, enlarge)[0].tolist()
+    fh, fw = feature.shape[-2:]
+
+    def axis(lo, hi, n, extent):
+        j = torch.arange(n, device=feature.device, dtype=torch.float64)
+        g, inside = feature_grid(grid_positions(lo, hi, j, torch.tensor(n)), extent)
+        return g.to(feature.dtype), inside
+
+    gx, in_x = axis(x0, x1, w, stride * fw)
+    gy, in_y = axis(y0, y1, h, stride * fh)
+    grid = torch.stack([gx[None, :].expand(h, w), gy[:, None].expand(h, w)], dim=-1)
+    out = F.grid_sample(
+        feature[batch_index : batch_index + 1], grid[None], mode="bilinear",
+        padding_mode="border", align_corners=False,
+    )[0]
+    inside = (in_y[:, None] & in_x[None, :]).to(out.dtype)
+    return out * inside
+
+
+def crop_mask_roi(
+    mask: torch.Tensor, box: torch.Tensor, out_hw: Tuple[int, int], *, enlarge: float = 1.1
+) -> torch.Tensor:
+    """Sample a ground-truth mask on the same ROI grid as :func:`crop_roi` (soft at edges).
+
+    Args:
+        mask: (H, W) bool/uint8/float bitmask at input resolution (stride 1).
+        box: (4,) XYXY, input pixels, before enlargement.
+        out_hw: (h, w) level-0 ROI size.
+    Returns:
+        (h, w) float in [0, 1].
+    """
+    if mask.ndim != 2:
+        raise ValueError(f"crop_mask_roi: mask must be (H, W), got {tuple(mask.shape)}")
+    return crop_roi(mask[None].float(), box, out_hw, 1, enlarge=enlarge)[0]
