@@ -196,3 +196,36 @@ def test_detections_per_image_and_given_boxes():
                           pred_classes=torch.tensor([1]), scores=torch.tensor([0.9]))
         out = heads.forward_with_given_boxes(make_features(1, requires_grad=False), [given])
     assert len(out[0]) == 1 and out[0].pred_mask_probs[0].shape == (22, 33)
+
+
+@pytest.mark.parametrize("batched", [True, False])
+def test_recrop_grows_boxes_whose_masks_touch_the_roi_border(batched):
+    props = [make_proposals([[20, 20, 40, 30], [0, 0, 10, 12], [50, 30, 80, 58]])]
+    feats = make_features(1, requires_grad=False)
+    base = make_heads(BATCHED_SEG=batched).eval()
+    grown = make_heads(BATCHED_SEG=batched, RECROP_EXPAND_TEST=0.5).eval()
+    for h in (base, grown):  # masks of probability ~1 everywhere: every ROI border is touched
+        torch.nn.init.constant_(h.mask_head.predictor.bias, 20.0)
+    with torch.no_grad():
+        r0 = base(None, feats, props)[0][0]
+        r1 = grown(None, feats, props)[0][0]
+    b0, b1 = r0.pred_boxes.tensor, r1.pred_boxes.tensor
+    # Every side moves out by half the box side, within the 90x61 image.
+    torch.testing.assert_close(b1[0], torch.tensor([10.0, 15.0, 50.0, 35.0]))
+    torch.testing.assert_close(b1[1], torch.tensor([0.0, 0.0, 15.0, 18.0]))
+    torch.testing.assert_close(b1[2], torch.tensor([35.0, 16.0, 90.0, 61.0]))
+    for k in range(3):  # each mask was segmented again at its grown ROI's size
+        w, h = (b1[k, 2:] - b1[k, :2]).tolist()
+        assert r1.pred_mask_probs[k].shape == (int(1.1 * h), int(1.1 * w))
+    torch.testing.assert_close(r1.pred_mask_boxes.tensor, torch.cat([
+        (b1[:, :2] + b1[:, 2:]) / 2 - (b1[:, 2:] - b1[:, :2]) * 0.55,
+        (b1[:, :2] + b1[:, 2:]) / 2 + (b1[:, 2:] - b1[:, :2]) * 0.55], dim=1))
+    # Masks that stay inside their ROIs keep everything as it was.
+    for h in (base, grown):
+        torch.nn.init.constant_(h.mask_head.predictor.bias, -20.0)
+    with torch.no_grad():
+        r0 = base(None, feats, props)[0][0]
+        r1 = grown(None, feats, props)[0][0]
+    torch.testing.assert_close(r0.pred_boxes.tensor, r1.pred_boxes.tensor)
+    assert all(torch.equal(a, b) for a, b in zip(r0.pred_mask_probs, r1.pred_mask_probs))
+    assert torch.equal(b0, props[0].proposal_boxes.tensor)

@@ -23,7 +23,7 @@ from detectron2.utils.events import get_event_storage
 
 from ...structures import ROIMaskProbs, gt_bitmasks
 from .canvas_ops import crop_masks_at_pixels, crop_packed_rois
-from .roi_grid import crop_mask_roi, crop_roi, enlarge_boxes, roi_level_sizes
+from .roi_grid import crop_mask_roi, crop_roi, enlarge_boxes, grow_boxes_at_touched_borders, roi_level_sizes
 
 __all__ = ["ObjGuidedROIHeads"]
 
@@ -46,6 +46,8 @@ class ObjGuidedROIHeads(ROIHeads):
         max_train_instances: int = 0,
         detections_per_image: int = 0,
         batched_seg: bool = True,
+        recrop_expand: float = 0.0,
+        mask_threshold: float = 0.5,
         **kwargs,
     ):
         """
@@ -60,6 +62,10 @@ class ObjGuidedROIHeads(ROIHeads):
             detections_per_image: keep the top-scoring detections per image at inference (0 = all).
             batched_seg: crop all ROIs into per-level canvases for the head's canvas pass (same
                 results as the per-ROI loop, which is used when False).
+            recrop_expand: beyond the paper (0 = off): at inference, an instance whose mask
+                (``>= mask_threshold``) touches its ROI border is segmented once more from its box
+                grown by this fraction of its side on every touched side
+                (:func:`~.roi_grid.grow_boxes_at_touched_borders`).
             kwargs: for :class:`ROIHeads` (``num_classes``, ...).
         """
         super().__init__(**kwargs)
@@ -73,6 +79,8 @@ class ObjGuidedROIHeads(ROIHeads):
         self.max_train_instances = int(max_train_instances)
         self.detections_per_image = int(detections_per_image)
         self.batched_seg = bool(batched_seg)
+        self.recrop_expand = float(recrop_expand)
+        self.mask_threshold = float(mask_threshold)
         if self.batched_seg:
             mask_head.check_batchable()
 
@@ -98,6 +106,8 @@ class ObjGuidedROIHeads(ROIHeads):
             max_train_instances=og.MAX_TRAIN_INSTANCES,
             detections_per_image=cfg.TEST.DETECTIONS_PER_IMAGE,
             batched_seg=og.BATCHED_SEG,
+            recrop_expand=og.RECROP_EXPAND_TEST,
+            mask_threshold=og.MASK_THRESHOLD,
         )
         return ret
 
@@ -217,6 +227,8 @@ class ObjGuidedROIHeads(ROIHeads):
         boxes, scores, classes = boxes[idx], scores[idx], classes[idx]
         image = torch.full((len(idx),), image_index, dtype=torch.int64, device=boxes.device)
         probs = self.mask_head(self._crop(feats, boxes, image, sizes), classes) if sizes else []
+        if self.recrop_expand > 0 and sizes:
+            boxes, probs = self._recrop(feats, boxes, classes, image, probs, proposals.image_size)
         res = Instances(proposals.image_size)
         res.pred_boxes = Boxes(boxes)
         res.scores = scores
@@ -224,6 +236,22 @@ class ObjGuidedROIHeads(ROIHeads):
         res.pred_mask_probs = ROIMaskProbs(probs)
         res.pred_mask_boxes = Boxes(enlarge_boxes(boxes, self.roi_enlarge))
         return res
+
+
+    def _recrop(self, feats, boxes, classes, image, probs, image_size):
+        """Segment the instances whose masks touch their ROI border again from grown boxes."""
+        grown, changed = grow_boxes_at_touched_borders(boxes, probs, self.mask_threshold,
+                                                       self.recrop_expand, image_size)
+        idx, sizes, _ = self._select(grown, changed.nonzero().flatten())
+        if not sizes:
+            return boxes, probs
+        new = self.mask_head(self._crop(feats, grown[idx], image[idx], sizes), classes[idx])
+        probs = list(probs)
+        for k, p in zip(idx.tolist(), new):
+            probs[k] = p
+        boxes = boxes.clone()
+        boxes[idx] = grown[idx]
+        return boxes, probs
 
 
 def _detections(proposals: Instances) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

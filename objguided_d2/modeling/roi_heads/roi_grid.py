@@ -28,6 +28,7 @@ import torch.nn.functional as F
 __all__ = [
     "check_boxes",
     "enlarge_boxes",
+    "grow_boxes_at_touched_borders",
     "roi_level_sizes",
     "grid_positions",
     "feature_grid",
@@ -61,6 +62,40 @@ def enlarge_boxes(boxes: torch.Tensor, enlarge: float = 1.1) -> torch.Tensor:
     ctr = (boxes[:, :2] + boxes[:, 2:]) * 0.5
     half = (boxes[:, 2:] - boxes[:, :2]) * (0.5 * enlarge)
     return torch.cat([ctr - half, ctr + half], dim=1)
+
+
+def grow_boxes_at_touched_borders(
+    boxes: torch.Tensor, probs: Sequence[torch.Tensor], threshold: float, expand: float,
+    image_size: Tuple[int, int],
+) -> Tuple[torch.Tensor, torch.Tensor]:
+    """A box too small for its object truncates the mask at the ROI border. Each side of a box
+    whose mask (``p >= threshold``) reaches the ROI map's edge on that side moves out by
+    ``expand`` times the box's width (left/right) or height (top/bottom), within the image.
+
+    Args:
+        boxes: (R, 4) XYXY, input pixels.
+        probs: R (h_r, w_r) mask probability maps spanning the boxes' ROIs.
+        threshold: mask threshold.
+        expand: growth per touched side, a fraction of the box side.
+        image_size: (H, W) that bounds the grown boxes.
+    Returns:
+        (R, 4) grown boxes and (R,) bool: which boxes changed.
+    """
+    if len(probs) != len(boxes):
+        raise ValueError(f"grow_boxes_at_touched_borders: {len(boxes)} boxes but {len(probs)} maps")
+    grown = boxes.clone()
+    if not len(boxes):
+        return grown, torch.zeros(0, dtype=torch.bool, device=boxes.device)
+    touch = torch.stack([torch.stack([(m[:, 0] >= threshold).any(), (m[0, :] >= threshold).any(),
+                                      (m[:, -1] >= threshold).any(), (m[-1, :] >= threshold).any()])
+                         for m in probs]).to(boxes.device)  # (R, 4): left, top, right, bottom
+    wh = (boxes[:, 2:] - boxes[:, :2]).repeat(1, 2) * float(expand)
+    sign = torch.tensor([-1.0, -1.0, 1.0, 1.0], dtype=boxes.dtype, device=boxes.device)
+    grown = boxes + touch.to(boxes.dtype) * sign * wh
+    h, w = image_size
+    grown[:, 0::2] = grown[:, 0::2].clamp(0, w)
+    grown[:, 1::2] = grown[:, 1::2].clamp(0, h)
+    return grown, (grown - boxes).abs().amax(dim=1) > 1e-6
 
 
 def roi_level_sizes(
