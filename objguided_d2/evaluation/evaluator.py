@@ -40,16 +40,17 @@ import torch
 from pycocotools import mask as mask_util
 
 from detectron2.data import DatasetCatalog, MetadataCatalog
-from detectron2.evaluation import COCOEvaluator, DatasetEvaluator, DatasetEvaluators
+from detectron2.evaluation import DatasetEvaluator, DatasetEvaluators
 from detectron2.structures import BoxMode
 from detectron2.utils import comm
 from detectron2.utils.file_io import PathManager
 from detectron2.utils.logger import create_small_table
 
 from .challenge_metrics import image_challenge_stats, masks_to_label_map, summarize_challenge_stats
-from .paper_ap import IOU_THRESHOLDS, ImageInstances, paper_ap
+from .coco_eval import ObjGuidedCOCOEvaluator
+from .paper_ap import IOU_THRESHOLDS, ImageInstances, paper_ap, top_scoring
 
-__all__ = ["PaperMetricsEvaluator", "build_evaluators", "gt_instances_from_dict"]
+__all__ = ["PaperMetricsEvaluator", "build_evaluators", "gt_instances_from_dict", "max_dets_per_image"]
 
 logger = logging.getLogger(__name__)
 
@@ -148,6 +149,7 @@ class PaperMetricsEvaluator(DatasetEvaluator):
         *,
         mask_threshold: float = 0.5,
         score_thresh: float = 0.0,
+        max_dets: Optional[int] = None,
         distributed: bool = True,
     ):
         """
@@ -158,12 +160,16 @@ class PaperMetricsEvaluator(DatasetEvaluator):
                 (``>=`` like Detectron2's paste); bool masks are used as they are.
             score_thresh: predictions below this score are left out of the challenge metrics'
                 label maps (AP always uses all predictions); 0 keeps what the model returns.
+            max_dets: only the ``max_dets`` highest-scoring predictions of an image count, in
+                AP and in the challenge metrics (COCO's ``maxDets``; :func:`build_evaluators`
+                passes ``TEST.DETECTIONS_PER_IMAGE``); None: all.
             distributed: gather predictions from all workers and compute on the main process.
         """
         self._dataset_name = dataset_name
         self._output_dir = output_dir
         self._mask_threshold = float(mask_threshold)
         self._score_thresh = float(score_thresh)
+        self._max_dets = None if max_dets is None else int(max_dets)
         self._distributed = distributed
         self._metadata = MetadataCatalog.get(dataset_name)
         self._predictions: List[Dict] = []
@@ -290,6 +296,8 @@ class PaperMetricsEvaluator(DatasetEvaluator):
                 )
             else:
                 pred = ImageInstances(p["classes"], p["boxes"], p["masks"], p["scores"])
+                if self._max_dets is not None and len(pred) > self._max_dets:
+                    pred = top_scoring(pred, self._max_dets)
             gts.append(g)
             preds.append(pred)
             keep = pred.scores >= self._score_thresh
@@ -328,8 +336,23 @@ class PaperMetricsEvaluator(DatasetEvaluator):
         return metrics, curves
 
 
+def max_dets_per_image(cfg) -> int:
+    """COCO's ``maxDets`` for every evaluator: ``TEST.DETECTIONS_PER_IMAGE``, the most detections
+    the model may return per image (the paper's images hold hundreds of objects; COCO's default
+    100 would clip AP). ``<= 0`` means "all" to ObjGuidedRCNN, which then returns at most
+    ``MODEL.OBJGUIDED.TOPK`` (its proposals)."""
+    n = int(cfg.TEST.DETECTIONS_PER_IMAGE)
+    if n > 0:
+        return n
+    og = cfg.MODEL.get("OBJGUIDED", None)
+    if og is None:
+        raise ValueError(f"TEST.DETECTIONS_PER_IMAGE {n}: expected a positive number")
+    return int(og.TOPK)
+
+
 def build_evaluators(cfg, dataset_name: str, output_dir: Optional[str] = None) -> DatasetEvaluators:
-    """COCO bbox+segm AP (official pycocotools, no compiled ops) and, unless
+    """COCO bbox+segm AP (faster-coco-eval when installed, else pycocotools; no Detectron2
+    compiled ops; ``maxDets`` = :func:`max_dets_per_image`) and, unless
     ``cfg.TEST.PAPER_METRICS_ON`` is False, :class:`PaperMetricsEvaluator`.
 
     Args:
@@ -339,11 +362,10 @@ def build_evaluators(cfg, dataset_name: str, output_dir: Optional[str] = None) -
     """
     if output_dir is None:
         output_dir = os.path.join(cfg.OUTPUT_DIR, "inference")
-    # The paper's images hold hundreds of objects: COCO's default cap of 100 would clip AP.
     og = cfg.MODEL.get("OBJGUIDED", None)
-    max_dets = max(int(cfg.TEST.DETECTIONS_PER_IMAGE), int(og.TOPK) if og is not None else 0, 100)
+    max_dets = max_dets_per_image(cfg)
     evaluators = [
-        COCOEvaluator(
+        ObjGuidedCOCOEvaluator(
             dataset_name,
             output_dir=output_dir,
             tasks=("bbox", "segm"),
@@ -358,6 +380,7 @@ def build_evaluators(cfg, dataset_name: str, output_dir: Optional[str] = None) -
                 output_dir=output_dir,
                 mask_threshold=float(og.MASK_THRESHOLD) if og is not None else 0.5,
                 score_thresh=float(cfg.TEST.get("PAPER_METRICS_SCORE_THRESH", 0.0)),
+                max_dets=max_dets,
             )
         )
     return DatasetEvaluators(evaluators)
