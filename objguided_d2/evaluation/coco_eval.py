@@ -7,14 +7,11 @@ image as the model may output, never COCO's default 100 (which would clip crowde
 """
 import copy
 import itertools
-import logging
 from typing import Optional, Sequence
 
 from detectron2.evaluation import COCOEvaluator
 
 __all__ = ["cocoeval_backend", "evaluate_on_coco", "ObjGuidedCOCOEvaluator"]
-
-logger = logging.getLogger(__name__)
 
 
 def cocoeval_backend(prefer: Optional[str] = None) -> str:

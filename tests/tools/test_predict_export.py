@@ -118,11 +118,9 @@ def test_geojson_valid_and_matches_label_image(tmp_path):
         g = shape(f["geometry"])
         assert g.is_valid, (lid, shapely.is_valid_reason(g))
         assert f["geometry"]["type"] == ("MultiPolygon" if lid in (1, 5) else "Polygon")
-        pts = np.asarray(f["geometry"]["coordinates"], dtype=object)
         assert g.area == row["area"]  # pixel corners: the outline's area is the pixel count
         inside = shapely.contains_xy(g, xx + 0.5, yy + 0.5)
         np.testing.assert_array_equal(inside, lab == lid)
-        assert pts is not None
     # Object 6 is a ring: one hole; QuPath convention: x right (columns), y down (rows), corners.
     ring = shape(fc["features"][5]["geometry"])
     assert len(ring.interiors) == 1 and ring.bounds == (10.0, 40.0, 16.0, 46.0)
