@@ -4,10 +4,15 @@
 Importing this package registers every component (backbone, proposal generator, ROI heads,
 meta-architecture, datasets, evaluators) in Detectron2's registries.
 """
-from .config import add_objguided_config
-from . import data  # noqa: F401  (registers datasets)
-from . import modeling  # noqa: F401  (registers model components)
-from . import evaluation  # noqa: F401
+# Before anything imports Detectron2: see _quiet.py (one dependency warning, at import only).
+from ._quiet import import_quietly as _import_quietly
+
+_import_quietly()
+
+from .config import add_objguided_config  # noqa: E402
+from . import data  # noqa: F401,E402  (registers datasets)
+from . import modeling  # noqa: F401,E402  (registers model components)
+from . import evaluation  # noqa: F401,E402
 
 __version__ = "0.1.0"
 __all__ = ["add_objguided_config"]

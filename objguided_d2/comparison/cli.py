@@ -44,7 +44,10 @@ metrics, inference speed (same N images, warm-up, median of repeats, device and 
 recorded) and parameter count.
 
 Output in DIR: ``table.md``, ``table.csv`` (Table I + COCO AP + challenge metrics),
-``ap_vs_iou.png`` (Fig. 5), ``qualitative.png`` (Fig. 4: input, ground truth and each method's
+``curves.png`` (training loss against iteration per method from each run's ``metrics.json``;
+APseg at the checkpoints evaluated by ``benchmarks/learning_curve.py --output
+DIR/learning_curve.md`` or with ``TEST.EVAL_PERIOD``), ``ap_vs_iou.png`` (Fig. 5),
+``qualitative.png`` (Fig. 4: input, ground truth and each method's
 masks, with an enlarged crop of the region with the most ground-truth boundary pixels),
 ``results.json`` (everything) and ``reproduce.md`` (commands, config SHA-256s, versions, machine).
 
@@ -54,6 +57,7 @@ code is then 1. The table is printed at the end.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import shlex
 import sys
@@ -249,6 +253,23 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         files["ap_vs_iou"] = "ap_vs_iou.png"
     except Exception as e:  # noqa: BLE001  (a figure must not lose the table)
         report_errors.append(f"ap_vs_iou.png: {type(e).__name__}: {e}")
+        traceback.print_exc()
+    try:  # curves.png: loss per iteration and APseg at evaluated checkpoints (learning_curve.json)
+        from .runner import read_metrics
+
+        lc = os.path.join(out, "learning_curve.json")
+        table = {}
+        if os.path.isfile(lc):
+            with open(lc) as f:
+                table = json.load(f).get("table", {})
+        extra = {r.name: {int(it) + 1: v.get("APseg") for it, v in table.get(os.path.basename(r.run_dir), {}).items()
+                          if isinstance(v.get("APseg"), (int, float))} for r in results}
+        plots.plot_training_curves({r.name: read_metrics(os.path.join(r.run_dir, "metrics.json")) for r in results},
+                                   os.path.join(out, "curves.png"), extra_points=extra,
+                                   title=f"Training curves ({budget.iters} iterations)")
+        files["curves"] = "curves.png"
+    except Exception as e:  # noqa: BLE001
+        report_errors.append(f"curves.png: {type(e).__name__}: {e}")
         traceback.print_exc()
     windows = []
     try:

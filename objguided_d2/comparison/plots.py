@@ -1,6 +1,9 @@
 """Figures of the comparison (matplotlib, Agg backend): the paper's Fig. 5 and Fig. 4.
 
 * :func:`plot_ap_vs_iou`: APseg against the IoU threshold (0.50:0.05:0.95), one line per method.
+* :func:`plot_training_curves`: ``curves.png``, training loss against iteration for every method
+  (from each run's ``metrics.json``) and, where the runs were evaluated at saved checkpoints,
+  APseg against iteration.
 * :func:`plot_qualitative`: for each of a few test images, a row with the input, the ground truth
   and every method's masks (filled in translucent colours, instance boundaries in solid colour),
   and below it a row with the same panels enlarged on the image's most crowded / thin region
@@ -24,6 +27,9 @@ __all__ = [
     "colorize",
     "crowded_window",
     "plot_ap_vs_iou",
+    "plot_training_curves",
+    "loss_curve",
+    "checkpoint_metric",
     "plot_qualitative",
     "qualitative_size",
 ]
@@ -75,6 +81,75 @@ def plot_ap_vs_iou(curves: Dict[str, Tuple[Sequence[float], Sequence[float]]], p
     fig.subplots_adjust(left=0.11, right=0.97, top=0.92, bottom=0.12)
     fig.savefig(path, dpi=DPI)
     plt.close(fig)
+
+
+CURVES_FIGSIZE = (7.2, 6.4)
+
+
+def loss_curve(rows: Sequence[Dict], key: str = "total_loss") -> Tuple[np.ndarray, np.ndarray]:
+    """(iterations, values) of ``key`` in Detectron2 ``metrics.json`` rows (1-based iterations)."""
+    pts = [(int(r["iteration"]) + 1, float(r[key])) for r in rows
+           if isinstance(r.get(key), (int, float)) and "iteration" in r]
+    pts = sorted(dict(pts).items())  # a resumed run repeats iterations: keep the last value
+    return np.array([p[0] for p in pts], int), np.array([p[1] for p in pts], float)
+
+
+def checkpoint_metric(rows: Sequence[Dict], metric: str = "APseg") -> Dict[int, float]:
+    """``{iteration: value}`` of the paper metric in the evaluation rows of ``metrics.json``
+    (Detectron2's EvalHook writes them as ``paper/<metric>`` when ``TEST.EVAL_PERIOD`` > 0)."""
+    out = {}
+    for r in rows:
+        v = r.get(f"paper/{metric}")
+        if isinstance(v, (int, float)) and "iteration" in r and np.isfinite(v):
+            out[int(r["iteration"]) + 1] = float(v)
+    return out
+
+
+def plot_training_curves(runs: Dict[str, Sequence[Dict]], path: str, *, metric: str = "APseg",
+                         extra_points: Optional[Dict[str, Dict[int, float]]] = None, title: str = "",
+                         overwrite: bool = True) -> Dict[str, int]:
+    """Write ``curves.png``: ``total_loss`` against iteration per run (top) and ``metric`` at
+    each evaluated checkpoint (bottom; ``metrics.json``'s evaluation rows and ``extra_points``,
+    e.g. ``benchmarks/learning_curve.py``'s table, iteration -> percent).
+
+    Args:
+        runs: display name -> that run's ``metrics.json`` rows (:func:`read_metrics`).
+        overwrite: False refuses an existing ``path`` (``OutputExistsError``); written atomically.
+    Returns: ``{name: number of metric points}`` (0 where no checkpoint was evaluated).
+    """
+    from objguided_d2.predict.writers import atomic_write
+
+    plt = _plt()
+    fig, (ax_l, ax_m) = plt.subplots(2, 1, figsize=CURVES_FIGSIZE, dpi=DPI, sharex=True)
+    counts = {}
+    for i, (name, rows) in enumerate(runs.items()):
+        color = f"C{i % 10}"
+        it, loss = loss_curve(rows)
+        ax_l.plot(it, loss, color=color, label=name if len(it) else f"{name} (no metrics.json)")
+        pts = dict(checkpoint_metric(rows, metric))
+        pts.update((extra_points or {}).get(name, {}))
+        counts[name] = len(pts)
+        if pts:
+            xs = sorted(pts)
+            ax_m.plot(xs, [pts[x] for x in xs], marker="o", color=color, label=name)
+    ax_l.set_ylabel("training loss (total_loss)")
+    ax_l.grid(True, alpha=0.3)
+    ax_l.legend(loc="upper right", fontsize=8)
+    ax_l.set_title(title or "Training curves", fontsize=9)
+    ax_m.set_xlabel("iteration")
+    ax_m.set_ylabel(f"{metric} (%) at saved checkpoints")
+    ax_m.grid(True, alpha=0.3)
+    if any(counts.values()):
+        ax_m.legend(loc="lower right", fontsize=8)
+    else:
+        ax_m.text(0.5, 0.5, "no checkpoint was evaluated\n(TEST.EVAL_PERIOD > 0, or benchmarks/learning_curve.py)",
+                  ha="center", va="center", transform=ax_m.transAxes, fontsize=8, color="0.4")
+    fig.subplots_adjust(left=0.11, right=0.97, top=0.95, bottom=0.08, hspace=0.08)
+    try:
+        atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=DPI, format="png"), overwrite=overwrite)
+    finally:
+        plt.close(fig)
+    return counts
 
 
 def _palette(n: int, seed: int = 0) -> np.ndarray:

@@ -88,6 +88,10 @@ def main(args):
         if comm.is_main_process():
             verify_results(cfg, res)
         return res
+    if comm.is_main_process():  # the object size --diameter rescales to (objguided_d2/data/object_size.py)
+        from objguided_d2.data.object_size import write_size_stats
+
+        write_size_stats(cfg)
     trainer = Trainer(cfg)
     trainer.resume_or_load(resume=args.resume)
     res = trainer.train()

@@ -41,7 +41,7 @@ import torch
 from pycocotools import mask as mask_util
 
 from detectron2.data import DatasetCatalog, MetadataCatalog
-from detectron2.evaluation import COCOEvaluator, DatasetEvaluator, DatasetEvaluators
+from detectron2.evaluation import DatasetEvaluator, DatasetEvaluators
 from detectron2.structures import BoxMode
 from detectron2.utils import comm
 from detectron2.utils.logger import create_small_table
@@ -49,9 +49,10 @@ from detectron2.utils.logger import create_small_table
 from objguided_d2.utils.io import write_json
 
 from .challenge_metrics import image_challenge_stats, masks_to_label_map, summarize_challenge_stats
-from .paper_ap import IOU_THRESHOLDS, ImageInstances, paper_ap
+from .coco_eval import ObjGuidedCOCOEvaluator
+from .paper_ap import IOU_THRESHOLDS, ImageInstances, paper_ap, top_scoring
 
-__all__ = ["PaperMetricsEvaluator", "build_evaluators", "gt_instances_from_dict"]
+__all__ = ["PaperMetricsEvaluator", "build_evaluators", "gt_instances_from_dict", "max_dets_per_image"]
 
 logger = logging.getLogger(__name__)
 
@@ -140,6 +141,7 @@ class PaperMetricsEvaluator(DatasetEvaluator):
         *,
         mask_threshold: float = 0.5,
         score_thresh: float = 0.0,
+        max_dets: Optional[int] = None,
         distributed: bool = True,
     ):
         """
@@ -150,12 +152,16 @@ class PaperMetricsEvaluator(DatasetEvaluator):
                 (``>=`` like Detectron2's paste); bool masks are used as they are.
             score_thresh: predictions below this score are left out of the challenge metrics'
                 label maps (AP always uses all predictions); 0 keeps what the model returns.
+            max_dets: only the ``max_dets`` highest-scoring predictions of an image count, in
+                AP and in the challenge metrics (COCO's ``maxDets``; :func:`build_evaluators`
+                passes ``TEST.DETECTIONS_PER_IMAGE``); None: all.
             distributed: gather predictions from all workers and compute on the main process.
         """
         self._dataset_name = dataset_name
         self._output_dir = output_dir
         self._mask_threshold = float(mask_threshold)
         self._score_thresh = float(score_thresh)
+        self._max_dets = None if max_dets is None else int(max_dets)
         self._distributed = distributed
         self._metadata = MetadataCatalog.get(dataset_name)
         self._predictions: List[Dict] = []
@@ -282,6 +288,10 @@ class PaperMetricsEvaluator(DatasetEvaluator):
             else:
                 pred = ImageInstances(p["classes"], p["boxes"], p["masks"], p["scores"])
                 mask_box = ImageInstances(p["classes"], p["mask_boxes"], None, p["scores"])
+                if self._max_dets is not None and len(pred) > self._max_dets:
+                    # The same top predictions for every metric (same scores: same selection).
+                    pred = top_scoring(pred, self._max_dets)
+                    mask_box = top_scoring(mask_box, self._max_dets)
             gts.append(g)
             preds.append(pred)
             preds_mask_box.append(mask_box)
@@ -323,8 +333,23 @@ class PaperMetricsEvaluator(DatasetEvaluator):
         return metrics, curves
 
 
+def max_dets_per_image(cfg) -> int:
+    """COCO's ``maxDets`` for every evaluator: ``TEST.DETECTIONS_PER_IMAGE``, the most detections
+    the model may return per image (the paper's images hold hundreds of objects; COCO's default
+    100 would clip AP). ``<= 0`` means "all" to ObjGuidedRCNN, which then returns at most
+    ``MODEL.OBJGUIDED.TOPK`` (its proposals)."""
+    n = int(cfg.TEST.DETECTIONS_PER_IMAGE)
+    if n > 0:
+        return n
+    og = cfg.MODEL.get("OBJGUIDED", None)
+    if og is None:
+        raise ValueError(f"TEST.DETECTIONS_PER_IMAGE {n}: expected a positive number")
+    return int(og.TOPK)
+
+
 def build_evaluators(cfg, dataset_name: str, output_dir: Optional[str] = None) -> DatasetEvaluators:
-    """COCO bbox+segm AP (official pycocotools, no compiled ops) and, unless
+    """COCO bbox+segm AP (faster-coco-eval when installed, else pycocotools; no Detectron2
+    compiled ops; ``maxDets`` = :func:`max_dets_per_image`) and, unless
     ``cfg.TEST.PAPER_METRICS_ON`` is False, :class:`PaperMetricsEvaluator`.
 
     Args:
@@ -334,11 +359,10 @@ def build_evaluators(cfg, dataset_name: str, output_dir: Optional[str] = None) -
     """
     if output_dir is None:
         output_dir = os.path.join(cfg.OUTPUT_DIR, "inference")
-    # The paper's images hold hundreds of objects: COCO's default cap of 100 would clip AP.
     og = cfg.MODEL.get("OBJGUIDED", None)
-    max_dets = max(int(cfg.TEST.DETECTIONS_PER_IMAGE), int(og.TOPK) if og is not None else 0, 100)
+    max_dets = max_dets_per_image(cfg)
     evaluators = [
-        COCOEvaluator(
+        ObjGuidedCOCOEvaluator(
             dataset_name,
             output_dir=output_dir,
             tasks=("bbox", "segm"),
@@ -353,6 +377,7 @@ def build_evaluators(cfg, dataset_name: str, output_dir: Optional[str] = None) -
                 output_dir=output_dir,
                 mask_threshold=float(og.MASK_THRESHOLD) if og is not None else 0.5,
                 score_thresh=float(cfg.TEST.get("PAPER_METRICS_SCORE_THRESH", 0.0)),
+                max_dets=max_dets,
             )
         )
     return DatasetEvaluators(evaluators)

@@ -32,6 +32,7 @@ from pycocotools import mask as mask_util
 __all__ = [
     "IOU_THRESHOLDS",
     "ImageInstances",
+    "top_scoring",
     "voc_ap",
     "ap_from_tp",
     "match_predictions",
@@ -231,11 +232,23 @@ def average_precision(
     return np.array([ap_from_tp(tp[ti, order], num_gt) for ti in range(len(thresholds))])
 
 
+def top_scoring(pred: "ImageInstances", k: int) -> "ImageInstances":
+    """The ``k`` highest-scoring predictions of an image (stable order among equal scores)."""
+    keep = np.sort(np.argsort(-np.asarray(pred.scores), kind="stable")[: max(int(k), 0)])
+    return ImageInstances(
+        classes=pred.classes[keep],
+        boxes=None if pred.boxes is None else pred.boxes[keep],
+        masks=None if pred.masks is None else [pred.masks[j] for j in keep],
+        scores=pred.scores[keep],
+    )
+
+
 def paper_ap(
     gts: Sequence[ImageInstances],
     preds: Sequence[ImageInstances],
     iou_type: str = "segm",
     iou_thresholds: Sequence[float] = IOU_THRESHOLDS,
+    max_dets: Optional[int] = None,
 ) -> Dict:
     """The paper's AP over a dataset (APseg for ``"segm"``, APdec for ``"bbox"``).
 
@@ -244,6 +257,8 @@ def paper_ap(
         preds: N predictions of the same images, same order (``scores`` required).
         iou_type: ``"segm"`` (mask IoU on ``masks``) or ``"bbox"`` (box IoU on ``boxes``).
         iou_thresholds: T thresholds (default 0.50:0.05:0.95).
+        max_dets: count only the ``max_dets`` highest-scoring predictions of each image (COCO's
+            ``maxDets``; the evaluators pass ``TEST.DETECTIONS_PER_IMAGE``); None: all.
     Returns:
         dict with fractions in [0, 1]:
         ``"AP"`` mean of the curve over thresholds, ``"AP50"``/``"AP75"`` (NaN when 0.5/0.75 are
@@ -258,6 +273,8 @@ def paper_ap(
     thresholds = np.asarray(iou_thresholds, dtype=np.float64).reshape(-1)
     attr = "masks" if iou_type == "segm" else "boxes"
 
+    if max_dets is not None:
+        preds = [top_scoring(p, max_dets) if p.scores is not None and len(p) > max_dets else p for p in preds]
     # One IoU matrix per image (all classes), sliced per class below.
     ious_all = []
     for i, (gt, pred) in enumerate(zip(gts, preds)):

@@ -40,8 +40,19 @@ is written to a temporary name and then renamed):
   ``category_id`` is the dataset's id when the config's dataset is registered, else the
   0-based class index as Detectron2 writes it.
 * ``images.json``: ``{"images": [{id, file_name, page, name, height, width, labels,
-  overlay}], "categories": [{id, name}]}`` mapping COCO image ids to files.
+  overlay, rois, geojson}], "categories": [{id, name}]}`` mapping COCO image ids to files.
 * ``<name>_overlay.png`` with ``--overlay``: the objects drawn on the image.
+* ``<name>_rois.zip`` with ``--roi-zip``: an ImageJ / Fiji ROI set, one polygon ROI per object
+  named ``<id>_s<score>`` (``<id>-<part>_s<score>`` for the parts of an object in several pieces;
+  holes kept as keyhole cuts), see ``objguided_d2/predict/export_roi.py``.
+* ``<name>.geojson`` with ``--geojson``: a QuPath FeatureCollection (objectType ``detection``,
+  Polygon / MultiPolygon with holes, pixel-corner coordinates, the ``objects.csv`` measurements
+  as properties), see ``objguided_d2/predict/export_geojson.py``.
+
+Size-aware prediction: ``--diameter D`` (the median object diameter in your images, in pixels)
+resizes each image so that its objects match the size the model was trained on (the model
+folder's ``object_size.json``, written by ``tools/train_net.py``) and maps every output back to
+the original pixel grid (``objguided_d2/predict/size.py``).
 
 Unreadable inputs are reported one line each and skipped; the exit code is 0 if every image was
 processed, 1 if some failed, 2 for a usage or model error.
@@ -81,11 +92,17 @@ def build_parser() -> argparse.ArgumentParser:
     add_dataset_arguments(m)
     m.add_argument("--opts", nargs=argparse.REMAINDER, default=[], metavar="KEY VALUE",
                    help="config overrides, KEY VALUE pairs (must come last)")
+    m.add_argument("--diameter", type=float, metavar="D",
+                   help="median object diameter in the images (pixels): rescale them to the training object "
+                        "size (needs object_size.json in the model folder)")
     t = p.add_argument_group("tiling")
-    t.add_argument("--tile-size", type=int, help="tile side in pixels (default: INPUT.MAX_SIZE_TEST)")
+    t.add_argument("--tile-size", type=int, help="tile side in pixels (default: INPUT.MAX_SIZE_TEST, "
+                   "divided by the --diameter scale)")
     t.add_argument("--tile-overlap", type=int, help="tile overlap in pixels (default: tile size // 4)")
     o = p.add_argument_group("outputs")
     o.add_argument("--overlay", action="store_true", help="also write <name>_overlay.png")
+    o.add_argument("--roi-zip", action="store_true", help="also write <name>_rois.zip (ImageJ / Fiji ROI Manager)")
+    o.add_argument("--geojson", action="store_true", help="also write <name>.geojson (QuPath objects)")
     o.add_argument("--overwrite", action="store_true", help="replace existing output files")
     o.add_argument("--no-progress", action="store_true", help="no progress bar")
     return p
@@ -138,6 +155,9 @@ def main(argv: Optional[List[str]] = None) -> int:
         if v is not None and not 0.0 <= v <= 1.0:
             _error(f"{flag} {v}: expected a value in [0, 1]")
             return 2
+    if args.diameter is not None and not (args.diameter > 0 and args.diameter < float("inf")):
+        _error(f"--diameter {args.diameter}: expected a positive number of pixels")
+        return 2
     if args.opts and len(args.opts) % 2:
         _error(f"--opts needs KEY VALUE pairs, got {len(args.opts)} items")
         return 2
@@ -178,16 +198,28 @@ def main(argv: Optional[List[str]] = None) -> int:
             weights = args.weights or weights
         else:
             config_file, weights = args.config_file, args.weights
+        input_scale = None
+        if args.diameter is not None:
+            from objguided_d2.data.object_size import read_size_stats
+
+            from .size import diameter_scale
+
+            try:
+                stats = read_size_stats(args.model_dir or os.path.dirname(os.path.abspath(config_file)))
+                input_scale = diameter_scale(stats["median_diameter_input"], args.diameter)
+            except ValueError as e:
+                raise ModelError(str(e)) from e
         cfg = load_config(config_file, args.opts or (), score_thresh=args.score_thresh,
                           mask_thresh=args.mask_thresh, device=args.device)
         predictor = InstancePredictor(cfg, weights or cfg.MODEL.WEIGHTS, score_thresh=args.score_thresh,
                                       mask_thresh=args.mask_thresh,
-                                      trust_pickle=args.trust_pickle)
+                                      trust_pickle=args.trust_pickle, input_scale=input_scale)
     except ModelError as e:
         _error(str(e))
         return 2
 
-    tile = args.tile_size or predictor.test_size
+    # With --diameter a tile (original pixels) must still reach the network at MAX_SIZE_TEST at most.
+    tile = args.tile_size or (int(predictor.test_size / input_scale) if input_scale else predictor.test_size)
     overlap = args.tile_overlap if args.tile_overlap is not None else tile // 4
     if tile < 16 or not 0 <= overlap < tile:
         _error(f"--tile-size {tile} / --tile-overlap {overlap}: expected tile >= 16 and 0 <= overlap < tile")
@@ -219,8 +251,10 @@ def main(argv: Optional[List[str]] = None) -> int:
             where = f"{path}" + (f" page {page.page}" if page.num_pages > 1 else "")
             lab_path = os.path.join(out_dir, f"{name}_labels.tif")
             ov_path = os.path.join(out_dir, f"{name}_overlay.png") if args.overlay else None
+            roi_path = os.path.join(out_dir, f"{name}_rois.zip") if args.roi_zip else None
+            gj_path = os.path.join(out_dir, f"{name}.geojson") if args.geojson else None
             try:
-                for f in (lab_path, ov_path):
+                for f in (lab_path, ov_path, roi_path, gj_path):
                     if f and os.path.exists(f) and not args.overwrite:
                         raise OutputExistsError(f"{f}: output file exists (pass --overwrite to replace it)")
                 dets = predict_tiled(page.image, predictor, tile_size=tile, overlap=overlap, progress=tile_bar)
@@ -231,6 +265,16 @@ def main(argv: Optional[List[str]] = None) -> int:
                 write_label_tif(lab_path, labels, overwrite=args.overwrite)
                 if ov_path:
                     write_overlay(ov_path, page.image, labels, metadata=meta, overwrite=args.overwrite)
+                if roi_path:
+                    from .export_roi import write_roi_zip
+
+                    position = page.page if page.num_pages > 1 else None
+                    write_roi_zip(roi_path, labels, [d.score for d in kept], position=position,
+                                  overwrite=args.overwrite)
+                if gj_path:
+                    from .export_geojson import write_geojson
+
+                    write_geojson(gj_path, labels, r, overwrite=args.overwrite)
             except (DataError, OutputExistsError, OSError) as e:
                 failures.append(str(e))
                 _error(str(e))
@@ -247,6 +291,8 @@ def main(argv: Optional[List[str]] = None) -> int:
                 "id": image_id, "file_name": os.path.abspath(path), "page": page.page, "name": name,
                 "height": int(labels.shape[0]), "width": int(labels.shape[1]),
                 "labels": os.path.basename(lab_path), "overlay": os.path.basename(ov_path) if ov_path else None,
+                "rois": os.path.basename(roi_path) if roi_path else None,
+                "geojson": os.path.basename(gj_path) if gj_path else None,
             })
             bar.set_postfix(objects=n_objects)
     bar.close()

@@ -132,13 +132,17 @@ class InstancePredictor:
         mask_thresh: probability threshold for binarising masks. ``None`` keeps the model's
             own (0.5 for Mask R-CNN / PointRend; ``MODEL.OBJGUIDED.MASK_THRESHOLD`` for ours,
             which :func:`load_config` already set).
+        input_scale: resize every image by this fixed factor instead of the config's
+            ``ResizeShortestEdge`` (size-aware prediction, :mod:`.size`); outputs stay at the
+            input's size.
 
     Call with an (H, W, 3) uint8 BGR array; returns ``Instances`` with ``pred_masks`` (N, H, W)
     bool, ``scores`` (N,), ``pred_classes`` (N,), on the CPU.
     """
 
     def __init__(self, cfg: CfgNode, weights: str, *, score_thresh: Optional[float] = None,
-                 mask_thresh: Optional[float] = None, trust_pickle: bool = False):
+                 mask_thresh: Optional[float] = None, trust_pickle: bool = False,
+                 input_scale: Optional[float] = None):
         self.cfg = cfg
         try:
             self.model = build_model(cfg)
@@ -156,6 +160,11 @@ class InstancePredictor:
             self.mask_thresh = mask_thresh
         min_size, max_size = cfg.INPUT.MIN_SIZE_TEST, cfg.INPUT.MAX_SIZE_TEST
         self.aug = T.ResizeShortestEdge([min_size, min_size], max_size) if min_size > 0 else None
+        if input_scale is not None:
+            from .size import FixedScale
+
+            self.aug = FixedScale(input_scale)
+        self.input_scale = input_scale
         self.input_format = cfg.INPUT.FORMAT
         if self.input_format not in ("RGB", "BGR"):
             raise ModelError(f"INPUT.FORMAT {self.input_format!r} is not supported; expected RGB or BGR")

@@ -105,6 +105,7 @@ def test_compare_end_to_end(tmp_path, env):
     # --- figures with the documented sizes
     assert _png_size(out / "ap_vs_iou.png") == (round(plots.AP_FIGSIZE[0] * plots.DPI), round(plots.AP_FIGSIZE[1] * plots.DPI))
     assert _png_size(out / "qualitative.png") == plots.qualitative_size(3, 2)
+    assert _png_size(out / "curves.png") == tuple(round(v * plots.DPI) for v in plots.CURVES_FIGSIZE)
     assert len(res["qualitative_crop_windows_yxyx"]) == 2
     for y0, x0, y1, x1 in res["qualitative_crop_windows_yxyx"]:
         assert 0 <= y0 < y1 <= 96 and 0 <= x0 < x1 <= 96

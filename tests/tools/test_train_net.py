@@ -46,6 +46,8 @@ def test_train_eval_resume_baseline(tmp_path, config):
     # trained, checkpointed and evaluated in COCO format (bbox + segm) on the test split
     assert (out / "model_final.pth").is_file()
     assert (out / "last_checkpoint").read_text().strip() == "model_final.pth"
+    size = json.loads((out / "object_size.json").read_text())  # what --diameter rescales to
+    assert size["num_objects"] > 0 and size["median_diameter_input"] > 0
     assert "copypaste: Task: segm" in log and "copypaste: Task: bbox" in log
     assert (out / "inference" / "e2e_test" / "coco_instances_results.json").is_file()
     iters = [m["iteration"] for m in _metrics(out) if "total_loss" in m]
