@@ -8,7 +8,8 @@ measures that size so that ``objguided-predict --diameter D`` can rescale other 
 * times the **scale the training mapper applies** to that image (:func:`train_scales`): with
   ``INPUT.SQUARE_CROP_ON`` a square of side ``max(H, W) * s`` (``s`` from
   ``INPUT.SQUARE_CROP_SCALES``, uniform) resized to ``INPUT.TRAIN_SIZE``, i.e.
-  ``TRAIN_SIZE / (max(H, W) * s)``; otherwise Detectron2's ``ResizeShortestEdge``
+  ``TRAIN_SIZE / (max(H, W) * s)``; with ``INPUT.NATIVE_CROP_SIZE`` > 0 (native-scale crops) 1;
+  otherwise Detectron2's ``ResizeShortestEdge``
   (``INPUT.MIN_SIZE_TRAIN`` / ``MAX_SIZE_TRAIN``);
 * the median over every (object, scale) pair is ``median_diameter_input``: the typical object
   diameter in pixels at the network input. It is written to ``object_size.json`` in the model
@@ -37,6 +38,8 @@ def equivalent_diameter(area: float) -> float:
 def train_scales(cfg, height: int, width: int) -> List[float]:
     """The resize factors (network input / image) the training mapper can apply to an image of
     ``height`` x ``width``, each equally likely (see the module docstring)."""
+    if cfg.INPUT.SQUARE_CROP_ON and int(cfg.INPUT.get("NATIVE_CROP_SIZE", 0)) > 0:
+        return [1.0]  # native-scale crops: never resized
     if cfg.INPUT.SQUARE_CROP_ON:
         side = max(height, width)
         return [float(cfg.INPUT.TRAIN_SIZE) / (side * float(s)) for s in cfg.INPUT.SQUARE_CROP_SCALES]

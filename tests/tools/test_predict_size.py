@@ -30,6 +30,10 @@ def test_training_size_stats_follow_the_mapper_resize():
     assert st["median_diameter_image"] == pytest.approx(d)
     assert st["median_diameter_input"] == pytest.approx(np.median([4 * d, 2 * d]))
     assert diameter_scale(st["median_diameter_input"], 2 * d) == pytest.approx(1.5)
+    # Native-scale crops (INPUT.NATIVE_CROP_SIZE) never resize: the input size is the image size.
+    native = load_config(TINY, ["INPUT.NATIVE_CROP_SIZE", "32"])
+    assert train_scales(native, 100, 50) == [1.0]
+    assert training_size_stats(native, [rec])["median_diameter_input"] == pytest.approx(d)
 
 
 def test_rescale_and_back_mapping_exact(tmp_path):
