@@ -10,17 +10,14 @@ import numpy as np
 import pytest
 import roifile
 import tifffile
-import torch
-from detectron2.checkpoint import DetectionCheckpointer
-from detectron2.modeling import build_model
 from matplotlib.path import Path
 
-from objguided_d2.engine.train_net import load_config
 from objguided_d2.predict.cli import main
 from objguided_d2.predict.export_geojson import write_geojson
 from objguided_d2.predict.export_roi import write_roi_zip
 from objguided_d2.predict.writers import OutputExistsError, measure_objects
 from objguided_d2.predict.tiling import Detection
+from test_predict_objguided import _model_dir  # noqa: E402  (a random tiny model folder whose writers all run)
 
 shapely = pytest.importorskip("shapely")  # a test dependency (setup.py extra "test")
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -126,21 +123,6 @@ def test_geojson_valid_and_matches_label_image(tmp_path):
     assert len(ring.interiors) == 1 and ring.bounds == (10.0, 40.0, 16.0, 46.0)
     single = fc["features"][2]["geometry"]
     assert sorted(map(tuple, single["coordinates"][0][:-1])) == [(40, 10), (40, 11), (41, 10), (41, 11)]
-
-
-def _model_dir(tmp_path):
-    cfg = load_config(os.path.join(ROOT, "configs/tiny/objguided_R18_tiny.yaml"),
-                      ["MODEL.DEVICE", "cpu", "INPUT.MIN_SIZE_TEST", "128", "INPUT.MAX_SIZE_TEST", "128"])
-    torch.manual_seed(0)
-    model = build_model(cfg)
-    with torch.no_grad():  # 16 px boxes and confident peaks from a random model (see test_predict_objguided)
-        model.proposal_generator.wh_head[-1].bias.fill_(4.0)
-        model.proposal_generator.heatmap_head[-1].bias.fill_(2.0)
-    d = tmp_path / "model"
-    d.mkdir()
-    DetectionCheckpointer(model, str(d)).save("model_final")
-    (d / "config.yaml").write_text(cfg.dump())
-    return d
 
 
 def test_cli_roi_zip_and_geojson(tmp_path, capsys):
