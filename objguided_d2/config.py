@@ -148,9 +148,9 @@ def add_objguided_config(cfg: CN) -> CN:
     og.MASK_THRESHOLD = 0.5
     # Mask NMS: suppress a mask whose IoU with a higher-scored one exceeds this (<= 0 disables).
     og.MASK_NMS_THRESH = 0.2
-    # Beyond the paper (0 = off): at test time an instance whose mask touches its ROI border (a box
-    # too small for the object truncates the mask) is segmented once more from its box grown by this
-    # fraction of its width / height on every touched side.
+    # Beyond the paper (0 = off): at test time an instance whose mask reaches the margin between its
+    # box and its enlarged ROI (a box too small for the object truncates the mask) is segmented once
+    # more from its box grown by this fraction of its width / height on every side it reaches.
     og.RECROP_EXPAND_TEST = 0.0
 
     # ------------------------------------------------------------ evaluation (method card §7)

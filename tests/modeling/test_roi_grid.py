@@ -94,3 +94,17 @@ def test_crop_mask_roi_soft_target():
     assert t[h // 2, w // 2] == 1 and t[0, 0] == 0 and t[-1, -1] == 0
     # The enlarged box adds 1 px of background per side: ~ the 20/22 centre part is foreground.
     assert abs(t.sum().item() - 20 * 20) < 0.1 * 400
+
+
+def test_grow_boxes_where_the_mask_reaches_the_roi_margin():
+    from objguided_d2.modeling.roi_heads.roi_grid import grow_boxes_at_touched_borders
+
+    boxes = torch.tensor([[20.0, 20.0, 60.0, 40.0], [20.0, 20.0, 60.0, 40.0]])
+    inside = torch.zeros(22, 44)  # a 40x20 box enlarged 1.1x: margin ~1 px (rows), 2 px (columns)
+    inside[2:20, 3:41] = 0.9  # the object stays inside the box: nothing moves
+    left = inside.clone()
+    left[8:12, 0:3] = 0.9  # ... this one runs out of the box on the left (a stalk)
+    grown, changed = grow_boxes_at_touched_borders(boxes, [inside, left], 0.5, 0.5, (100, 100), enlarge=1.1)
+    assert changed.tolist() == [False, True]
+    torch.testing.assert_close(grown[0], boxes[0])
+    torch.testing.assert_close(grown[1], torch.tensor([0.0, 20.0, 60.0, 40.0]))  # 20 px out, clipped at 0

@@ -63,7 +63,7 @@ class ObjGuidedROIHeads(ROIHeads):
             batched_seg: crop all ROIs into per-level canvases for the head's canvas pass (same
                 results as the per-ROI loop, which is used when False).
             recrop_expand: beyond the paper (0 = off): at inference, an instance whose mask
-                (``>= mask_threshold``) touches its ROI border is segmented once more from its box
+                (``>= mask_threshold``) reaches its ROI's margin is segmented once more from its box
                 grown by this fraction of its side on every touched side
                 (:func:`~.roi_grid.grow_boxes_at_touched_borders`).
             kwargs: for :class:`ROIHeads` (``num_classes``, ...).
@@ -241,7 +241,7 @@ class ObjGuidedROIHeads(ROIHeads):
     def _recrop(self, feats, boxes, classes, image, probs, image_size):
         """Segment the instances whose masks touch their ROI border again from grown boxes."""
         grown, changed = grow_boxes_at_touched_borders(boxes, probs, self.mask_threshold,
-                                                       self.recrop_expand, image_size)
+                                                       self.recrop_expand, image_size, self.roi_enlarge)
         idx, sizes, _ = self._select(grown, changed.nonzero().flatten())
         if not sizes:
             return boxes, probs

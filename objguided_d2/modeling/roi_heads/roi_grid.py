@@ -66,11 +66,16 @@ def enlarge_boxes(boxes: torch.Tensor, enlarge: float = 1.1) -> torch.Tensor:
 
 def grow_boxes_at_touched_borders(
     boxes: torch.Tensor, probs: Sequence[torch.Tensor], threshold: float, expand: float,
-    image_size: Tuple[int, int],
+    image_size: Tuple[int, int], enlarge: float = 1.0,
 ) -> Tuple[torch.Tensor, torch.Tensor]:
-    """A box too small for its object truncates the mask at the ROI border. Each side of a box
-    whose mask (``p >= threshold``) reaches the ROI map's edge on that side moves out by
-    ``expand`` times the box's width (left/right) or height (top/bottom), within the image.
+    """A box too small for its object truncates the mask. Each side of a box whose mask
+    (``p >= threshold``) reaches into the ROI's margin on that side moves out by ``expand`` times
+    the box's width (left/right) or height (top/bottom), within the image.
+
+    The margin is the band between the box and the ROI it was enlarged to (``enlarge``): the
+    outer ``(1 - 1/enlarge) / 2`` of the map on each side, at least one pixel. (A trained head
+    keeps that band near 0 for an object inside its box, so the map's last row alone would
+    almost never be reached.)
 
     Args:
         boxes: (R, 4) XYXY, input pixels.
@@ -78,6 +83,7 @@ def grow_boxes_at_touched_borders(
         threshold: mask threshold.
         expand: growth per touched side, a fraction of the box side.
         image_size: (H, W) that bounds the grown boxes.
+        enlarge: factor the maps' ROIs were enlarged by about the boxes.
     Returns:
         (R, 4) grown boxes and (R,) bool: which boxes changed.
     """
@@ -86,9 +92,14 @@ def grow_boxes_at_touched_borders(
     grown = boxes.clone()
     if not len(boxes):
         return grown, torch.zeros(0, dtype=torch.bool, device=boxes.device)
-    touch = torch.stack([torch.stack([(m[:, 0] >= threshold).any(), (m[0, :] >= threshold).any(),
-                                      (m[:, -1] >= threshold).any(), (m[-1, :] >= threshold).any()])
-                         for m in probs]).to(boxes.device)  # (R, 4): left, top, right, bottom
+    frac = (1.0 - 1.0 / float(enlarge)) / 2.0
+
+    def sides(m: torch.Tensor) -> torch.Tensor:
+        bh, bw = max(1, int(round(frac * m.shape[0]))), max(1, int(round(frac * m.shape[1])))
+        on = m >= threshold
+        return torch.stack([on[:, :bw].any(), on[:bh, :].any(), on[:, -bw:].any(), on[-bh:, :].any()])
+
+    touch = torch.stack([sides(m) for m in probs]).to(boxes.device)  # (R, 4): left, top, right, bottom
     wh = (boxes[:, 2:] - boxes[:, :2]).repeat(1, 2) * float(expand)
     sign = torch.tensor([-1.0, -1.0, 1.0, 1.0], dtype=boxes.dtype, device=boxes.device)
     grown = boxes + touch.to(boxes.dtype) * sign * wh
