@@ -124,3 +124,11 @@ def test_detector_ablation_rows_change_one_option_each():
     # The paper-scale protocol: native-scale crops, whole test images at their size.
     opts = dict(zip(PRESETS["ablation-detector"].opts[::2], PRESETS["ablation-detector"].opts[1::2]))
     assert opts["INPUT.NATIVE_CROP_SIZE"] == "192"
+
+
+def test_ours_plus_is_the_tiny_model_with_named_options():
+    (m,) = parse_methods(["configs/tiny/objguided_R18_tiny_plus.yaml"])
+    assert m.name == "Ours+" and m.id == "objguided_R18_tiny_plus"
+    base = load_config(os.path.join(ROOT, "configs/tiny/objguided_R18_tiny.yaml"))
+    assert _diff(base, load_config(m.config_file)) - {"OUTPUT_DIR"} == {
+        "MODEL.OBJGUIDED.GIOU_LOSS_WEIGHT", "MODEL.OBJGUIDED.POSITIVE_RADIUS", "MODEL.OBJGUIDED.RECROP_EXPAND_TEST"}

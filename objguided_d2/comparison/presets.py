@@ -182,7 +182,9 @@ def display_name(config_file: str) -> str:
     """Table row name from a config file name (``objguided_*_norefine`` -> ``Ours w/o refine``)."""
     stem = os.path.splitext(os.path.basename(config_file))[0].lower()
     if stem.startswith("objguided"):
-        return "Ours w/o refine" if "norefine" in stem else "Ours"
+        if "norefine" in stem:
+            return "Ours w/o refine"
+        return "Ours+" if stem.endswith("_plus") else "Ours"
     if stem.startswith("mask_rcnn"):
         return "Mask R-CNN"
     if stem.startswith("pointrend"):
