@@ -89,9 +89,8 @@ def grow_boxes_at_touched_borders(
     """
     if len(probs) != len(boxes):
         raise ValueError(f"grow_boxes_at_touched_borders: {len(boxes)} boxes but {len(probs)} maps")
-    grown = boxes.clone()
     if not len(boxes):
-        return grown, torch.zeros(0, dtype=torch.bool, device=boxes.device)
+        return boxes.clone(), torch.zeros(0, dtype=torch.bool, device=boxes.device)
     frac = (1.0 - 1.0 / float(enlarge)) / 2.0
 
     def sides(m: torch.Tensor) -> torch.Tensor:
