@@ -483,7 +483,7 @@ class MethodRunner:
         res = MethodResult(id=m.id, name=m.name, config_file=m.config_file, run_dir=self.run_dir(m))
         position = f"[{i + 1}/{n}]"
         # Methods still waiting for a slot after this one (the ETA of the rest).
-        remaining = max(0, n - i - self.jobs) if self.jobs > 1 else n - i - 1
+        remaining = max(0, n - i - self.jobs)
         try:
             ok = self.train(m, res, position, remaining=remaining) and self.evaluate(m, res, position)
         except Exception as e:  # noqa: BLE001  (one method's problem must not stop the others)
