@@ -12,14 +12,18 @@
 #
 # Usage: benchmarks/run_accuracy_paperscale.sh [OUT_DIR] [JOBS]      (default out/paperscale 2)
 #   OURS_PLUS=configs/tiny/objguided_R18_tiny_plus.yaml   add the Ours+ row (after step 1)
-#   STEPS="ablation compare report"                       which steps to run (default all)
+#   STEPS="ablation compare report archive"               which steps to run (default all)
+#   ARCHIVE=DIR          where step "archive" copies the finished runs without checkpoints
+#                        (default benchmarks/results/paperscale/study; see benchmarks/archive_study.py)
+# A study longer than a session: run "report archive" before the session ends and commit the
+# archive; in the next checkout `cp -r benchmarks/results/paperscale/study/. OUT/` and rerun.
 # Cost measured on the shared 2-core machine: see RESULTS.md section 9 (seconds per iteration).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 OUT=${1:-out/paperscale}
 JOBS=${2:-2}
 PY=${PYTHON:-.venv/bin/python}
-STEPS=${STEPS:-ablation compare report}
+STEPS=${STEPS:-ablation compare report archive}
 export OMP_NUM_THREADS=1 MKL_NUM_THREADS=1
 mkdir -p "$OUT"
 PLUS=()
@@ -43,15 +47,29 @@ case " $STEPS " in *" compare "*)
 esac
 
 case " $STEPS " in *" report "*)
+  # Oracle boxes and learning curves read seed 0's checkpoints: run this step before archiving.
+  ids=(objguided_R18_tiny objguided_R18_tiny_norefine mask_rcnn_R18_tiny pointrend_R18_tiny)
+  [ -n "${OURS_PLUS:-}" ] && ids+=(Ours_)
   for fam in leaves neural nuclei; do
-    [ -f "$OUT/${fam}_seed0/results.json" ] && [ -f "$OUT/${fam}_seed1/results.json" ] || continue
-    "$PY" benchmarks/seed_table.py "$OUT/${fam}_seed0" "$OUT/${fam}_seed1" --output "$OUT/${fam}_seeds.md" --overwrite
-    ids=(objguided_R18_tiny objguided_R18_tiny_norefine mask_rcnn_R18_tiny pointrend_R18_tiny)
-    [ -n "${OURS_PLUS:-}" ] && ids+=(Ours_)
+    if [ -f "$OUT/${fam}_seed0/results.json" ] && [ -f "$OUT/${fam}_seed1/results.json" ]; then
+      "$PY" benchmarks/seed_table.py "$OUT/${fam}_seed0" "$OUT/${fam}_seed1" --output "$OUT/${fam}_seeds.md" --overwrite
+    fi
+    have=()
+    for id in "${ids[@]}"; do [ -f "$OUT/${fam}_seed0/runs/$id/model_0002499.pth" ] && have+=("$id"); done
+    [ ${#have[@]} -gt 0 ] || continue
     "$PY" benchmarks/oracle_boxes.py "$OUT/${fam}_seed0" --dataset-name "synth_${fam}_paperscale" --threads 1 \
-      --methods "${ids[@]}" --output "$OUT/${fam}_seed0/oracle_boxes.md"
+      --methods "${have[@]}" --output "$OUT/${fam}_seed0/oracle_boxes.md"
     "$PY" benchmarks/learning_curve.py "$OUT/${fam}_seed0" --dataset-name "synth_${fam}_paperscale" --threads 1 \
-      --methods "${ids[@]}" --output "$OUT/${fam}_seed0/learning_curve.md"
+      --methods "${have[@]}" --iters 499 999 1499 1999 2499 2999 --output "$OUT/${fam}_seed0/learning_curve.md"
   done
 esac
+
+case " $STEPS " in *" archive "*)
+  # Finished runs without checkpoints, to commit (a fresh checkout copies them back to continue).
+  for d in "$OUT"/*_seed*/; do
+    [ -d "$d/runs" ] && "$PY" benchmarks/archive_study.py "$d" "${ARCHIVE:-benchmarks/results/paperscale/study}/$(basename "$d")"
+  done
+  cp -f "$OUT"/*_seeds.md "${ARCHIVE:-benchmarks/results/paperscale/study}/" 2>/dev/null || true
+esac
+
 echo "Study folder: $OUT"

@@ -229,6 +229,9 @@ def config_chain(config_file: str) -> List[str]:
     return chain
 
 
+_CUDA_FALLBACK_WARNED: list = []
+
+
 def load_config(config_file: str, opts: Sequence[str] = (), *, allow_cuda_fallback: bool = True) -> CN:
     """get_cfg -> :func:`add_objguided_config` -> the YAML file (and its ``_BASE_`` files) -> ``opts``;
     not frozen.
@@ -266,8 +269,10 @@ def load_config(config_file: str, opts: Sequence[str] = (), *, allow_cuda_fallba
         import torch
 
         if not torch.cuda.is_available():
-            logging.getLogger("objguided_d2").warning(
-                "MODEL.DEVICE=%s but CUDA is not available: using the CPU", cfg.MODEL.DEVICE)
+            if not _CUDA_FALLBACK_WARNED:  # once per process: a tool reading four configs says it once
+                _CUDA_FALLBACK_WARNED.append(True)
+                logging.getLogger("objguided_d2").warning(
+                    "MODEL.DEVICE=%s but CUDA is not available: using the CPU", cfg.MODEL.DEVICE)
             cfg.MODEL.DEVICE = "cpu"
     # One NUM_CLASSES: PointRend keeps a second copy in POINT_HEAD; derive it, or refuse a conflict.
     n = cfg.MODEL.ROI_HEADS.NUM_CLASSES

@@ -13,6 +13,10 @@ Per method, under ``DIR/runs/<id>/`` (``<id>`` from :class:`~.presets.Method`):
   ``eval/eval.json`` (metrics, AP-vs-IoU curves, speed, parameter count) and
   ``eval/qualitative.npz``; its console goes to ``eval/console.txt``. Reused while the run key,
   the checkpoint and the evaluation settings are unchanged.
+* archived runs (:func:`archive_runs`, ``benchmarks/archive_study.py``): a finished, evaluated run
+  copied without its checkpoints, so that a study can be committed and continued in a fresh
+  checkout. ``compare_run.json`` says ``weights_removed``; with the same run key the run counts as
+  finished and its stored evaluation is reused (``--reeval`` cannot redo it: ``--retrain`` does).
 
 A failing method is recorded with its stage, the reason (the exception line of its console) and
 the log path; the next method still runs.
@@ -53,6 +57,7 @@ __all__ = [
     "eval_opts",
     "failure_reason",
     "read_metrics",
+    "archive_runs",
     "MethodRunner",
 ]
 
@@ -196,6 +201,67 @@ def _mark_failed(res, stage: str, console: str, returncode: int, missing_output:
     res.log = console
 
 
+def _is_archived(run_dir: str, meta: Dict) -> bool:
+    """A finished run copied without its weights, its evaluation kept (see :func:`archive_runs`)."""
+    return bool(meta.get("weights_removed")) and bool(meta.get("finished")) and os.path.isfile(
+        os.path.join(run_dir, "eval", "eval.json"))
+
+
+# Checkpoints and what points at them: left out of an archive (a tiny model's is ~155 MB).
+_WEIGHT_FILES = re.compile(r"(\.pth|\.pkl|^last_checkpoint)$")
+
+
+def archive_runs(compare_dir: str, dest: str) -> Dict[str, str]:
+    """Copy a ``tools/compare.py`` folder to ``dest`` without checkpoints, for committing a study.
+
+    Every finished, evaluated run (``model_final.pth`` and ``eval/eval.json``) is copied with
+    ``weights_removed`` set in its ``compare_run.json``; runs still training or never evaluated are
+    left out (they resume where their checkpoints are). The folder's own files (tables, plots,
+    ``results.json``) are copied too. Nothing in ``compare_dir`` changes; a run already in ``dest``
+    is kept when it is the same finished run, else replaced, and the status says so.
+
+    Returns:
+        run id -> "archived", "archived (replaced ...)", "unchanged" or why it was left out.
+    """
+    runs_src = os.path.join(compare_dir, "runs")
+    if not os.path.isdir(runs_src):
+        raise ValueError(f"{compare_dir}: not a tools/compare.py folder (no runs/)")
+    if os.path.abspath(dest) == os.path.abspath(compare_dir):
+        raise ValueError(f"archive destination {dest} is the study folder itself")
+    os.makedirs(os.path.join(dest, "runs"), exist_ok=True)
+    for name in sorted(os.listdir(compare_dir)):
+        src = os.path.join(compare_dir, name)
+        if os.path.isfile(src) and not _WEIGHT_FILES.search(name):
+            shutil.copy2(src, os.path.join(dest, name))
+    status: Dict[str, str] = {}
+    for rid in sorted(os.listdir(runs_src)):
+        src = os.path.join(runs_src, rid)
+        meta = MethodRunner._read_meta(src)
+        archived = _is_archived(src, meta)
+        if not (archived or os.path.isfile(os.path.join(src, "model_final.pth"))):
+            status[rid] = "left out: not finished (no model_final.pth)"
+            continue
+        if not os.path.isfile(os.path.join(src, "eval", "eval.json")):
+            status[rid] = "left out: not evaluated (no eval/eval.json)"
+            continue
+        out = os.path.join(dest, "runs", rid)
+        old = MethodRunner._read_meta(out)
+        if old.get("key") == meta.get("key") and old.get("ended") == meta.get("ended") and _is_archived(out, old):
+            status[rid] = "unchanged"
+            continue
+        tmp = out + ".archiving"
+        shutil.rmtree(tmp, ignore_errors=True)
+        shutil.copytree(src, tmp, ignore=lambda _d, names: [n for n in names if _WEIGHT_FILES.search(n)])
+        MethodRunner._write_meta(tmp, {**meta, "finished": True, "weights_removed": True})
+        status[rid] = "archived"
+        if os.path.isdir(out):
+            status[rid] += " (replaced an older copy" + ("" if old.get("key") == meta.get("key") else
+                                                        " with another run key") + ")"
+            shutil.rmtree(out)
+        os.replace(tmp, out)
+    return status
+
+
 def read_metrics(path: str) -> List[Dict]:
     """Detectron2's ``metrics.json`` (one JSON object per line); partial lines are skipped."""
     out = []
@@ -326,10 +392,12 @@ class MethodRunner:
         return run_key(method.config_file, self.user_opts, self.budget, self.datasets, self.train_name)
 
     def is_finished(self, method: Method, key: Optional[str] = None) -> bool:
-        """True when ``model_final.pth`` exists and was trained with this run key."""
+        """True when ``model_final.pth`` exists (or an archived run's evaluation) and was trained
+        with this run key."""
         d = self.run_dir(method)
         meta = self._read_meta(d)
-        return os.path.isfile(os.path.join(d, "model_final.pth")) and meta.get("key") == (key or self.key(method))
+        done = os.path.isfile(os.path.join(d, "model_final.pth")) or _is_archived(d, meta)
+        return done and meta.get("key") == (key or self.key(method))
 
     @staticmethod
     def _read_meta(run_dir: str) -> Dict:
@@ -438,6 +506,19 @@ class MethodRunner:
             *eval_opts(self.user_opts, self.budget, self.device), "OUTPUT_DIR", d,
         ]
 
+    def _reuse_archived(self, method: Method, res: MethodResult, position: str) -> bool:
+        """An archived run (weights removed): its stored evaluation, which cannot be redone."""
+        eval_dir = os.path.join(self.run_dir(method), "eval")
+        if self.reeval:
+            res.stage, res.log = "eval", os.path.join(self.run_dir(method), RUN_META)
+            res.reason = "an archived run (weights removed) cannot be evaluated again; use --retrain"
+            self.log(f"{position} {method.name}: evaluation FAILED: {res.reason}")
+            return False
+        with open(os.path.join(eval_dir, "eval.json")) as g:
+            res.eval = json.load(g)
+        self.log(f"{position} {method.name}: reusing the archived evaluation in {eval_dir} (weights removed)")
+        return True
+
     def _eval_key(self, method: Method, cmd: Sequence[str]) -> str:
         w = os.path.join(self.run_dir(method), "model_final.pth")
         st = os.stat(w)
@@ -446,6 +527,8 @@ class MethodRunner:
 
     def evaluate(self, method: Method, res: MethodResult, position: str) -> bool:
         eval_dir = os.path.join(self.run_dir(method), "eval")
+        if res.reused and _is_archived(self.run_dir(method), self._read_meta(self.run_dir(method))):
+            return self._reuse_archived(method, res, position)
         cmd = self.eval_command(method)
         key = self._eval_key(method, cmd)
         eval_json = os.path.join(eval_dir, "eval.json")
