@@ -25,7 +25,7 @@ test: setup
 	$(PY) -m pytest -q $(PYTEST_ARGS) tests
 
 demo: setup
-	$(PY) tools/compare.py --preset demo --output $(DEMO_OUT)
+	$(PY) tools/compare.py --preset demo --jobs 2 --threads 1 --speed-images 4 --warmup 1 --repeats 1 --output $(DEMO_OUT)
 
 clean:
 	rm -rf $(VENV) build *.egg-info

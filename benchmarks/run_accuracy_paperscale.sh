@@ -49,7 +49,7 @@ esac
 case " $STEPS " in *" report "*)
   # Oracle boxes and learning curves read seed 0's checkpoints: run this step before archiving.
   ids=(objguided_R18_tiny objguided_R18_tiny_norefine mask_rcnn_R18_tiny pointrend_R18_tiny)
-  [ -n "${OURS_PLUS:-}" ] && ids+=(Ours_)
+  [ -n "${OURS_PLUS:-}" ] && ids+=(Ours)  # run id of "Ours+" (runs/<name with "+" dropped>)
   for fam in leaves neural nuclei; do
     if [ -f "$OUT/${fam}_seed0/results.json" ] && [ -f "$OUT/${fam}_seed1/results.json" ]; then
       "$PY" benchmarks/seed_table.py "$OUT/${fam}_seed0" "$OUT/${fam}_seed1" --output "$OUT/${fam}_seeds.md" --overwrite

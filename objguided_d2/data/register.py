@@ -12,7 +12,9 @@ name                                        what                                
 ``synth_nuclei_{train,val,test}``           touching nuclei (DSB2018-like), RGB     256 px 200/50/50
 ``synth_neural_{train,val,test}``           neural cells with thin protrusions, gray 256 px 200/50/50
 ``synth_leaves_{train,val,test}``           overlapping rosette leaves (CVPPP-like)  256 px 200/50/50
-``synth_<family>_tiny_{train,val,test}``    the same, for tests and demos            128 px 16/4/4
+``synth_<family>_tiny_{train,val,test}``    the same, for tests                      128 px 16/4/4
+``synth_<family>_paperscale_{...}``         objects at the paper's sizes             256-512 px 100/10/30
+``synth_leaves_demo_{train,val,test}``      paper-scale leaves for ``make demo``      384 px 40/2/12
 =========================================  ======================================  =============
 
 Your own data: pass ``--dataset NAME=FORMAT:PATH[?key=value&key=value...]`` to the tools
@@ -106,6 +108,10 @@ SYNTH_PAPER_SCALE = {
     "neural": {"image_size": 256, "num_train": 100, "num_val": 10, "num_test": 30, "seed": 0, "min_object_size": 8},
     "leaves": {"image_size": 384, "num_train": 100, "num_val": 10, "num_test": 30, "seed": 0, "min_object_size": 8},
 }
+
+# ``synth_leaves_demo`` (``make demo``): paper-scale leaves, fewer images, so that four models learn
+# something real in minutes (the objects keep the paper's sizes; only the image count is small).
+SYNTH_DEMO = ("leaves", {**SYNTH_PAPER_SCALE["leaves"], "num_train": 40, "num_val": 2, "num_test": 12})
 
 
 def parse_dataset_spec(spec: str) -> Tuple[str, str, str, Dict[str, str]]:
@@ -229,13 +235,14 @@ def register_synthetic(name: str, family: str, *, replace: bool = True, cache: O
 
 def register_builtin_synthetic(replace: bool = False, cache: Optional[str] = None) -> List[str]:
     """Register ``synth_<family>``, ``synth_<family>_tiny`` and ``synth_<family>_paperscale`` for
-    every family (lazy)."""
+    every family, and ``synth_leaves_demo`` (lazy)."""
     names = []
     for fam in FAMILIES:
         names += register_synthetic(f"synth_{fam}", fam, replace=replace, cache=cache, **SYNTH_DEFAULT)
         names += register_synthetic(f"synth_{fam}_tiny", fam, replace=replace, cache=cache, **SYNTH_TINY)
         names += register_synthetic(f"synth_{fam}_paperscale", fam, replace=replace, cache=cache,
                                     **SYNTH_PAPER_SCALE[fam])
+    names += register_synthetic(f"synth_{SYNTH_DEMO[0]}_demo", SYNTH_DEMO[0], replace=replace, cache=cache, **SYNTH_DEMO[1])
     return names
 
 

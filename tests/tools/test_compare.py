@@ -14,6 +14,8 @@ from objguided_d2.comparison import plots
 from objguided_d2.comparison.presets import PRESETS, parse_methods
 from objguided_d2.comparison.report import COLUMNS
 from objguided_d2.comparison.runner import Budget, MethodRunner, config_chain, failure_reason, run_key
+from detectron2.data import DatasetCatalog
+from objguided_d2.data.register import register_builtin_synthetic
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 COMPARE = os.path.join(ROOT, "tools", "compare.py")
@@ -164,6 +166,14 @@ def test_methods_presets_and_config_chain(tmp_path):
     assert [m.name for m in methods] == ["Ours", "Ours w/o refine", "Mask R-CNN", "PointRend"]
     assert len({m.id for m in methods}) == 4
     assert [m.name for m in parse_methods(PRESETS["paper-gpu"].configs)] == [m.name for m in methods]
+    # the demo trains on paper-scale leaves (registered built-in) with native-scale crops
+    demo = PRESETS["demo"]
+    names = register_builtin_synthetic()
+    assert f"{demo.dataset}_train" in names and f"{demo.dataset}_test" in names
+    assert f"{demo.dataset}_test" in DatasetCatalog.list()
+    opts = dict(zip(demo.opts[::2], demo.opts[1::2]))
+    assert int(opts["INPUT.NATIVE_CROP_SIZE"]) < demo.input_size
+    assert int(opts["SOLVER.CHECKPOINT_PERIOD"]) < demo.iters
     with pytest.raises(ValueError, match="both map to run folder"):
         parse_methods([MASK_RCNN, MASK_RCNN])
     assert [m.id for m in parse_methods([MASK_RCNN, f"again={MASK_RCNN}"])] == ["mask_rcnn_R18_tiny", "again"]
