@@ -102,12 +102,12 @@ PAPER_SCALE_SIZES = {"leaves": 384, "neural": 256, "nuclei": 512}
 PAPER_SCALE_CROP = 192
 
 
-def paper_scale_opts(iters: int, checkpoint_period: int = 0) -> Tuple[str, ...]:
+def paper_scale_opts(iters: int, checkpoint_period: int = 0, crop: int = PAPER_SCALE_CROP) -> Tuple[str, ...]:
     """The CPU protocol on paper-scale data: :func:`cpu_protocol_opts` plus training on
-    native-scale crops of ``PAPER_SCALE_CROP`` px (testing on whole images at native size);
+    native-scale crops of ``crop`` px (testing on whole images at native size);
     ``checkpoint_period`` > 0 overrides the configs' (a tiny model's checkpoint is ~155 MB)."""
     ckpt = ("SOLVER.CHECKPOINT_PERIOD", str(checkpoint_period)) if checkpoint_period > 0 else ()
-    return cpu_protocol_opts(iters) + ("INPUT.NATIVE_CROP_SIZE", str(PAPER_SCALE_CROP)) + ckpt
+    return cpu_protocol_opts(iters) + ("INPUT.NATIVE_CROP_SIZE", str(crop)) + ckpt
 
 
 # The demo's budget (iterations, crop side): what two rounds of two trainings fit in ~15 minutes.
@@ -118,7 +118,7 @@ PRESETS: Dict[str, Preset] = {
     # `make demo`: the four tiny models on paper-scale leaves (objects at the paper's sizes, so the
     # centre detector has real Gaussian targets), trained on DEMO_CROP-px native-scale crops and
     # tested on whole 384-px images. Budget sized for <= 15 min on 2 CPU cores with --jobs 2
-    # (measured: README, "Demo").
+    # (measured from a fresh clone: README, "Comparison report").
     "demo": Preset(
         dataset="synth_leaves_demo",
         configs=TINY_CONFIGS,
@@ -126,10 +126,9 @@ PRESETS: Dict[str, Preset] = {
         batch=2,
         input_size=PAPER_SCALE_SIZES["leaves"],
         description="4 tiny ResNet-18 models, paper-scale leaves (384 px, 40/2/12, "
-                    f"{DEMO_CROP}-px native crops), ~15 min on 2 CPU cores with --jobs 2",
+                    f"{DEMO_CROP}-px native crops), ~14 min on 2 CPU cores with --jobs 2",
         # One checkpoint half-way (resume point) and the final one, not the tiny configs' every 100.
-        opts=cpu_protocol_opts(DEMO_ITERS)
-        + ("INPUT.NATIVE_CROP_SIZE", str(DEMO_CROP), "SOLVER.CHECKPOINT_PERIOD", str(DEMO_ITERS // 2)),
+        opts=paper_scale_opts(DEMO_ITERS, DEMO_ITERS // 2, crop=DEMO_CROP),
     ),
     "paper-cpu": Preset(
         dataset="synth_neural",

@@ -111,7 +111,7 @@ SYNTH_PAPER_SCALE = {
 
 # ``synth_leaves_demo`` (``make demo``): paper-scale leaves, fewer images, so that four models learn
 # something real in minutes (the objects keep the paper's sizes; only the image count is small).
-SYNTH_DEMO = ("leaves", {**SYNTH_PAPER_SCALE["leaves"], "num_train": 40, "num_val": 2, "num_test": 12})
+SYNTH_DEMO = {**SYNTH_PAPER_SCALE["leaves"], "num_train": 40, "num_val": 2, "num_test": 12}
 
 
 def parse_dataset_spec(spec: str) -> Tuple[str, str, str, Dict[str, str]]:
@@ -242,7 +242,7 @@ def register_builtin_synthetic(replace: bool = False, cache: Optional[str] = Non
         names += register_synthetic(f"synth_{fam}_tiny", fam, replace=replace, cache=cache, **SYNTH_TINY)
         names += register_synthetic(f"synth_{fam}_paperscale", fam, replace=replace, cache=cache,
                                     **SYNTH_PAPER_SCALE[fam])
-    names += register_synthetic(f"synth_{SYNTH_DEMO[0]}_demo", SYNTH_DEMO[0], replace=replace, cache=cache, **SYNTH_DEMO[1])
+    names += register_synthetic("synth_leaves_demo", "leaves", replace=replace, cache=cache, **SYNTH_DEMO)
     return names
 
 
