@@ -5,7 +5,9 @@ It overrides only what must change in ``DefaultTrainer``:
 * the train/test loaders use :class:`ObjGuidedDatasetMapper` (16-bit / RGBA / TIFF images, the
   paper's square-crop augmentation), so every method sees the same data;
 * ``build_evaluator`` returns COCO (bbox + segm) plus the paper's metrics;
-* ``build_optimizer`` adds Adam (the paper's optimizer) next to Detectron2's SGD;
+* ``build_optimizer`` adds Adam (the paper's optimizer) next to Detectron2's SGD, both with
+  torch's fused kernels where the parameters allow (same update rule, one kernel per step: a
+  tiny model's Adam step is ~3x faster on the CPU);
 * DDP on CPU: Detectron2 passes ``device_ids=[local_rank]`` to DistributedDataParallel, which
   torch rejects for CPU modules; here ``device_ids`` is ``None`` when the model is on the CPU, so
   ``launch(..., num_gpus_per_machine=2)`` trains with the gloo backend on a machine with no GPU;
@@ -32,6 +34,18 @@ from .train_loop import GuardedAMPTrainer, GuardedSimpleTrainer
 __all__ = ["Trainer", "build_optimizer"]
 
 
+def _fused_ok(params) -> bool:
+    """Whether torch's fused optimizer kernels take these parameters (floating point, on the
+    CPU or a CUDA device); ``None`` (torch's default path) otherwise."""
+    params = list(params)
+    ok = bool(params) and all(
+        p.dtype in (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+        and p.device.type in ("cpu", "cuda")
+        for p in params
+    )
+    return True if ok else None
+
+
 def build_optimizer(cfg, model: torch.nn.Module) -> torch.optim.Optimizer:
     """SGD as in Detectron2, or Adam / AdamW (``SOLVER.OPTIMIZER``), with Detectron2's parameter
     groups (norm / bias weight decay) and gradient clipping."""
@@ -43,15 +57,18 @@ def build_optimizer(cfg, model: torch.nn.Module) -> torch.optim.Optimizer:
         bias_lr_factor=cfg.SOLVER.BIAS_LR_FACTOR,
         weight_decay_bias=cfg.SOLVER.WEIGHT_DECAY_BIAS,
     )
+    # torch's default on the CPU is a Python loop over the tensors (~50 ms per step for a
+    # 13.5M-parameter tiny model); the fused kernel computes the same update in one call.
+    fused = _fused_ok(p for g in params for p in g["params"])
     if name == "SGD":
         opt = torch.optim.SGD(
             params, lr=cfg.SOLVER.BASE_LR, momentum=cfg.SOLVER.MOMENTUM,
-            nesterov=cfg.SOLVER.NESTEROV, weight_decay=cfg.SOLVER.WEIGHT_DECAY,
+            nesterov=cfg.SOLVER.NESTEROV, weight_decay=cfg.SOLVER.WEIGHT_DECAY, fused=fused,
         )
     elif name == "ADAM":
-        opt = torch.optim.Adam(params, lr=cfg.SOLVER.BASE_LR, weight_decay=cfg.SOLVER.WEIGHT_DECAY)
+        opt = torch.optim.Adam(params, lr=cfg.SOLVER.BASE_LR, weight_decay=cfg.SOLVER.WEIGHT_DECAY, fused=fused)
     elif name == "ADAMW":
-        opt = torch.optim.AdamW(params, lr=cfg.SOLVER.BASE_LR, weight_decay=cfg.SOLVER.WEIGHT_DECAY)
+        opt = torch.optim.AdamW(params, lr=cfg.SOLVER.BASE_LR, weight_decay=cfg.SOLVER.WEIGHT_DECAY, fused=fused)
     else:
         raise ValueError(f"SOLVER.OPTIMIZER={cfg.SOLVER.OPTIMIZER!r}: expected 'SGD', 'ADAM' or 'ADAMW'")
     return maybe_add_gradient_clipping(cfg, opt)
