@@ -111,7 +111,7 @@ def paper_scale_opts(iters: int, checkpoint_period: int = 0, crop: int = PAPER_S
 
 
 # The demo's budget (iterations, crop side): what two rounds of two trainings fit in ~15 minutes.
-DEMO_ITERS = 900
+DEMO_ITERS = 800
 DEMO_CROP = 128
 
 PRESETS: Dict[str, Preset] = {
