@@ -40,8 +40,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     from detectron2.utils.logger import setup_logger
 
     import objguided_d2  # noqa: F401
-    from objguided_d2.comparison.presets import display_name
-    from objguided_d2.comparison.runs import load_run, open_compare_dir, write_report
+    from objguided_d2.comparison.runs import load_run, open_compare_dir, run_name, write_report
     from objguided_d2.engine.trainer import Trainer
     from objguided_d2.evaluation import build_evaluators
 
@@ -66,7 +65,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             table[mid][it] = {k: float(paper.get(k, float("nan"))) for k in METRICS}
             print(f"{mid} @ {it + 1}: {table[mid][it]}", flush=True)
     lines = [f"Learning curves on `{dataset}` (paper metrics in percent, at the saved checkpoints).", ""]
-    names = [display_name(m) for m in ids]
+    names = [run_name(runs_dir, m) for m in ids]
     for metric in METRICS:
         lines += [f"**{metric}**", "", "| iteration | " + " | ".join(names) + " |", "|---:|" + "---:|" * len(ids)]
         for it in args.iters:

@@ -39,8 +39,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     from detectron2.data import DatasetCatalog
 
     import objguided_d2  # noqa: F401  (registers the embedded datasets)
-    from objguided_d2.comparison.presets import display_name
-    from objguided_d2.comparison.runs import load_run, open_compare_dir, write_report
+    from objguided_d2.comparison.runs import load_run, open_compare_dir, run_name, write_report
     from objguided_d2.evaluation.oracle import THIN_THRESHOLD, oracle_object_ious, summarize_oracle
 
     dataset, runs_dir, ids = open_compare_dir(args)
@@ -53,7 +52,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         objs = oracle_object_ious(model, dicts, min_size_test=cfg.INPUT.MIN_SIZE_TEST,
                                   max_size_test=cfg.INPUT.MAX_SIZE_TEST, input_format=cfg.INPUT.FORMAT)
         objects[mid] = objs
-        name = display_name(mid)
+        name = run_name(runs_dir, mid)
         rows.append((name, summarize_oracle(objs)))
         print(f"{name}: {rows[-1][1]}", flush=True)
     keys = ["all n", "all mIoU", "all IoU>0.5", "all IoU>0.75", "thin n", "thin mIoU", "thin IoU>0.5", "compact mIoU"]

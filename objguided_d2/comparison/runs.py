@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from typing import List, Optional, Sequence, Tuple
 
-__all__ = ["resolve_dataset", "finished_runs", "open_compare_dir", "write_report", "load_run"]
+__all__ = ["resolve_dataset", "finished_runs", "run_name", "open_compare_dir", "write_report", "load_run"]
 
 
 def resolve_dataset(specs: Sequence[str], dataset_name: Optional[str], split: str) -> str:
@@ -50,6 +50,31 @@ def finished_runs(compare_dir: str, methods: Optional[Sequence[str]] = None) -> 
     if not ids:
         raise ValueError(f"{runs_dir}: no finished run (model_final.pth)")
     return runs_dir, ids
+
+
+def run_name(runs_dir: str, run_id: str) -> str:
+    """The table name of a run: the one ``tools/compare.py`` gave it (``NAME=PATH``, e.g. "Ours+",
+    whose folder is ``runs/Ours``), from the folder's ``results.json``; else from its config file
+    (``compare_run.json``); else from the run id."""
+    import json
+
+    from .presets import display_name
+
+    def read(path):
+        try:
+            with open(path) as f:
+                return json.load(f)
+        except (OSError, ValueError):
+            return None
+
+    results = read(os.path.join(os.path.dirname(os.path.abspath(runs_dir)), "results.json"))
+    for m in (results or {}).get("methods", []) if isinstance(results, dict) else []:
+        if isinstance(m, dict) and m.get("id") == run_id and m.get("name"):
+            return str(m["name"])
+    meta = read(os.path.join(runs_dir, run_id, "compare_run.json"))
+    if isinstance(meta, dict) and meta.get("config_file"):
+        return display_name(str(meta["config_file"]))
+    return display_name(run_id)
 
 
 def open_compare_dir(args) -> Tuple[str, str, List[str]]:

@@ -1,7 +1,9 @@
 """Reading a compare folder for the diagnostics (objguided_d2.comparison.runs)."""
 import pytest
 
-from objguided_d2.comparison.runs import finished_runs, resolve_dataset
+import json
+
+from objguided_d2.comparison.runs import finished_runs, resolve_dataset, run_name
 
 
 def test_finished_runs(tmp_path):
@@ -35,3 +37,18 @@ def test_write_report(tmp_path):
     write_report(str(path), "| a |", {"dataset": "d", "table": {"m": {199: {"APseg": 1.5}}}})
     assert path.read_text() == "| a |\n"
     assert json.loads((tmp_path / "sub" / "r.json").read_text()) == {"dataset": "d", "table": {"m": {"199": {"APseg": 1.5}}}}
+
+
+def test_run_name(tmp_path):
+    runs = tmp_path / "runs"
+    for mid in ("Ours", "objguided_R18_tiny_norefine", "x"):
+        (runs / mid).mkdir(parents=True)
+    # "Ours+=configs/tiny/objguided_R18_tiny_plus.yaml" trains in runs/Ours: its name is "Ours+", not "Ours"
+    (runs / "Ours" / "compare_run.json").write_text(json.dumps({"config_file": "/r/configs/tiny/objguided_R18_tiny_plus.yaml"}))
+    assert run_name(str(runs), "Ours") == "Ours+"
+    assert run_name(str(runs), "objguided_R18_tiny_norefine") == "Ours w/o refine"  # from the id alone
+    # the name compare.py gave (results.json) wins
+    (tmp_path / "results.json").write_text(json.dumps({"methods": [{"id": "x", "name": "My net"}]}))
+    assert run_name(str(runs), "x") == "My net"
+    (tmp_path / "results.json").write_text("{not json")  # a broken file falls back, no traceback
+    assert run_name(str(runs), "x") == "x"
