@@ -113,24 +113,19 @@ def paper_scale_opts(iters: int, checkpoint_period: int = 0, crop: int = PAPER_S
 # The demo's budget (iterations, crop side): what two rounds of two trainings fit in ~15 minutes.
 DEMO_ITERS = 800
 DEMO_CROP = 128
-# The demo's methods: ours, Ours+ and the two baselines. Ours+ (the detector options beyond the paper)
-# learns far faster early on (leaves, 3000-iteration study: APseg 28.4 vs 6.6 for ours after 1000
-# iterations) though ours ends ahead (51.9 vs 47.9): a 15-minute budget is the regime it was made for.
-# The refinement ablation (ours w/o refine) is in the studies (benchmarks/RESULTS.md).
-DEMO_CONFIGS = _tiny("objguided_R18_tiny", "objguided_R18_tiny_plus", "mask_rcnn_R18_tiny", "pointrend_R18_tiny")
 
 PRESETS: Dict[str, Preset] = {
-    # `make demo`: four tiny models (DEMO_CONFIGS) on paper-scale leaves (objects at the paper's sizes, so the
+    # `make demo`: the four tiny models on paper-scale leaves (objects at the paper's sizes, so the
     # centre detector has real Gaussian targets), trained on DEMO_CROP-px native-scale crops and
     # tested on whole 384-px images. Budget sized for <= 15 min on 2 CPU cores with --jobs 2
     # (measured from a fresh clone: README, "Comparison report").
     "demo": Preset(
         dataset="synth_leaves_demo",
-        configs=DEMO_CONFIGS,
+        configs=TINY_CONFIGS,
         iters=DEMO_ITERS,
         batch=2,
         input_size=PAPER_SCALE_SIZES["leaves"],
-        description="ours, Ours+, Mask R-CNN, PointRend (tiny ResNet-18), paper-scale leaves (384 px, 40/2/12, "
+        description="4 tiny ResNet-18 models, paper-scale leaves (384 px, 40/2/12, "
                     f"{DEMO_CROP}-px native crops), ~14 min on 2 CPU cores with --jobs 2",
         # One checkpoint half-way (resume point) and the final one, not the tiny configs' every 100.
         opts=paper_scale_opts(DEMO_ITERS, DEMO_ITERS // 2, crop=DEMO_CROP),

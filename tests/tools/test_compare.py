@@ -163,10 +163,9 @@ def test_bad_arguments_fail_clearly(tmp_path, env):
 
 def test_methods_presets_and_config_chain(tmp_path):
     methods = parse_methods(PRESETS["demo"].configs)
-    assert [m.name for m in methods] == ["Ours", "Ours+", "Mask R-CNN", "PointRend"]
+    assert [m.name for m in methods] == ["Ours", "Ours w/o refine", "Mask R-CNN", "PointRend"]
     assert len({m.id for m in methods}) == 4
-    four = ["Ours", "Ours w/o refine", "Mask R-CNN", "PointRend"]
-    assert [m.name for m in parse_methods(PRESETS["paper-gpu"].configs)] == four
+    assert [m.name for m in parse_methods(PRESETS["paper-gpu"].configs)] == [m.name for m in methods]
     # the demo trains on paper-scale leaves (registered built-in) with native-scale crops
     demo = PRESETS["demo"]
     names = register_builtin_synthetic()
