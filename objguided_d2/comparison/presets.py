@@ -126,7 +126,7 @@ PRESETS: Dict[str, Preset] = {
         batch=2,
         input_size=PAPER_SCALE_SIZES["leaves"],
         description="4 tiny ResNet-18 models, paper-scale leaves (384 px, 40/2/12, "
-                    f"{DEMO_CROP}-px native crops), ~14 min on 2 CPU cores with --jobs 2",
+                    f"{DEMO_CROP}-px native crops), ~12-14 min on 2 CPU cores with --jobs 2",
         # One checkpoint half-way (resume point) and the final one, not the tiny configs' every 100.
         opts=paper_scale_opts(DEMO_ITERS, DEMO_ITERS // 2, crop=DEMO_CROP),
     ),
