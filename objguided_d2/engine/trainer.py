@@ -18,6 +18,7 @@ It overrides only what must change in ``DefaultTrainer``:
 import logging
 import os
 import weakref
+from typing import Optional
 
 import torch
 
@@ -34,9 +35,9 @@ from .train_loop import GuardedAMPTrainer, GuardedSimpleTrainer
 __all__ = ["Trainer", "build_optimizer"]
 
 
-def _fused_ok(params) -> bool:
-    """Whether torch's fused optimizer kernels take these parameters (floating point, on the
-    CPU or a CUDA device); ``None`` (torch's default path) otherwise."""
+def _fused_ok(params) -> Optional[bool]:
+    """``True`` when torch's fused optimizer kernels take these parameters (floating point, on
+    the CPU or a CUDA device); ``None`` (torch's default path) otherwise."""
     params = list(params)
     ok = bool(params) and all(
         p.dtype in (torch.float16, torch.bfloat16, torch.float32, torch.float64)
