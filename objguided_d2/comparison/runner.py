@@ -57,12 +57,24 @@ __all__ = [
     "eval_opts",
     "failure_reason",
     "read_metrics",
+    "read_record",
     "archive_runs",
     "MethodRunner",
 ]
 
 TRAIN_NET = os.path.join(REPO_ROOT, "tools", "train_net.py")
 RUN_META = "compare_run.json"
+
+
+def read_record(path: str) -> Dict:
+    """A JSON object the comparison wrote (``compare_run.json``, ``results.json``); ``{}`` when the
+    file is missing, unreadable or not an object (a killed run may leave none)."""
+    try:
+        with open(path) as f:
+            data = json.load(f)
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
 
 
 @dataclass(frozen=True)
@@ -401,11 +413,7 @@ class MethodRunner:
 
     @staticmethod
     def _read_meta(run_dir: str) -> Dict:
-        try:
-            with open(os.path.join(run_dir, RUN_META)) as f:
-                return json.load(f)
-        except (OSError, json.JSONDecodeError):
-            return {}
+        return read_record(os.path.join(run_dir, RUN_META))
 
     @staticmethod
     def _write_meta(run_dir: str, meta: Dict) -> None:

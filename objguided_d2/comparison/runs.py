@@ -56,24 +56,16 @@ def run_name(runs_dir: str, run_id: str) -> str:
     """The table name of a run: the one ``tools/compare.py`` gave it (``NAME=PATH``, e.g. "Ours+",
     whose folder is ``runs/Ours``), from the folder's ``results.json``; else from its config file
     (``compare_run.json``); else from the run id."""
-    import json
-
     from .presets import display_name
+    from .runner import RUN_META, read_record
 
-    def read(path):
-        try:
-            with open(path) as f:
-                return json.load(f)
-        except (OSError, ValueError):
-            return None
-
-    results = read(os.path.join(os.path.dirname(os.path.abspath(runs_dir)), "results.json"))
-    for m in (results or {}).get("methods", []) if isinstance(results, dict) else []:
+    results = read_record(os.path.join(os.path.dirname(os.path.abspath(runs_dir)), "results.json"))
+    for m in results.get("methods", []):
         if isinstance(m, dict) and m.get("id") == run_id and m.get("name"):
             return str(m["name"])
-    meta = read(os.path.join(runs_dir, run_id, "compare_run.json"))
-    if isinstance(meta, dict) and meta.get("config_file"):
-        return display_name(str(meta["config_file"]))
+    config_file = read_record(os.path.join(runs_dir, run_id, RUN_META)).get("config_file")
+    if config_file:
+        return display_name(str(config_file))
     return display_name(run_id)
 
 

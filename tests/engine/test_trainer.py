@@ -32,6 +32,14 @@ def _steps(model, opt, n=3):
     return torch.cat([p.detach().flatten() for p in model.parameters()])
 
 
+def _unfused(opt):
+    """``opt`` as earlier versions built it (torch's default per-tensor path)."""
+    for g in opt.param_groups:
+        g["fused"] = None
+    opt.defaults["fused"] = None
+    return opt
+
+
 @pytest.mark.parametrize("name", ["SGD", "ADAM", "ADAMW"])
 def test_optimizer_is_fused_and_updates_like_torch_default(name):
     model = _model()
@@ -44,14 +52,6 @@ def test_optimizer_is_fused_and_updates_like_torch_default(name):
     assert not torch.equal(got, torch.cat([p.detach().flatten() for p in _model().parameters()]))
     # Up to float rounding: Adam's steps here are ~lr = 1e-2 per parameter.
     torch.testing.assert_close(got, want, rtol=1e-4, atol=5e-5)
-
-
-def _unfused(opt):
-    """``opt`` as earlier versions built it (torch's default per-tensor path)."""
-    for g in opt.param_groups:
-        g["fused"] = None
-    opt.defaults["fused"] = None
-    return opt
 
 
 def test_resume_from_unfused_state():

@@ -1,7 +1,7 @@
 """Reading a compare folder for the diagnostics (objguided_d2.comparison.runs)."""
-import pytest
-
 import json
+
+import pytest
 
 from objguided_d2.comparison.runs import finished_runs, resolve_dataset, run_name
 
@@ -29,8 +29,6 @@ def test_resolve_dataset():
 
 
 def test_write_report(tmp_path):
-    import json
-
     from objguided_d2.comparison.runs import write_report
 
     path = tmp_path / "sub" / "r.md"
