@@ -9,12 +9,15 @@ import sys
 
 import numpy as np
 import pytest
+import torch
 
 from objguided_d2.comparison import plots
 from objguided_d2.comparison.presets import PRESETS, parse_methods
 from objguided_d2.comparison.report import COLUMNS
 from objguided_d2.comparison.runner import Budget, MethodRunner, config_chain, failure_reason, run_key
 from detectron2.data import DatasetCatalog
+from detectron2.solver import build_lr_scheduler
+from objguided_d2.config import load_config
 from objguided_d2.data.register import register_builtin_synthetic
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -174,6 +177,18 @@ def test_methods_presets_and_config_chain(tmp_path):
     opts = dict(zip(demo.opts[::2], demo.opts[1::2]))
     assert int(opts["INPUT.NATIVE_CROP_SIZE"]) < demo.input_size
     assert int(opts["SOLVER.CHECKPOINT_PERIOD"]) < demo.iters
+    # every demo method decays its learning rate along the cosine to ~0 by the last iteration
+    for m in methods:
+        cfg = load_config(os.path.join(ROOT, m.config_file), list(demo.opts) + ["SOLVER.MAX_ITER", str(demo.iters)])
+        opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=cfg.SOLVER.BASE_LR)
+        sched = build_lr_scheduler(cfg, opt)
+        lrs = []
+        for _ in range(demo.iters):
+            lrs.append(opt.param_groups[0]["lr"])
+            opt.step()
+            sched.step()
+        peak = max(lrs)
+        assert lrs[demo.iters // 2] < 0.6 * peak and lrs[-1] < 0.01 * peak, m.config_file
     with pytest.raises(ValueError, match="both map to run folder"):
         parse_methods([MASK_RCNN, MASK_RCNN])
     assert [m.id for m in parse_methods([MASK_RCNN, f"again={MASK_RCNN}"])] == ["mask_rcnn_R18_tiny", "again"]
