@@ -33,6 +33,7 @@ Options (a preset fills in what is not given; without one, the ``demo`` values a
   --retrain / --reeval      train / evaluate again even when a finished run / evaluation exists
   --speed-images N --warmup W --repeats R    timing: median of R passes over N test images
   --vis-images K --vis-score T               qualitative.png: K test images, masks with score >= T
+                            (default best-f1: each method at its own F1-best cutoff, in its column title)
   --opts KEY VALUE ...      config overrides for every method (must come last)
 
 Each method is trained by ``tools/train_net.py`` in its own subprocess (``DIR/runs/<method>/``:
@@ -68,7 +69,7 @@ from typing import Dict, List, Optional, Sequence
 import numpy as np
 
 from .presets import PRESETS, REPO_ROOT, parse_methods
-from .runner import Budget, EvalSettings, MethodRunner, config_chain, file_sha256
+from .runner import BEST_F1, Budget, EvalSettings, MethodRunner, config_chain, file_sha256, vis_score_arg
 
 __all__ = ["get_parser", "main"]
 
@@ -100,7 +101,9 @@ def get_parser() -> argparse.ArgumentParser:
     p.add_argument("--warmup", type=int, default=2, help="untimed warm-up calls (default 2)")
     p.add_argument("--repeats", type=int, default=3, help="timed passes; the median is reported (default 3)")
     p.add_argument("--vis-images", type=int, default=3, help="test images in qualitative.png (default 3)")
-    p.add_argument("--vis-score", type=float, default=0.5, help="score threshold of drawn masks (default 0.5)")
+    p.add_argument("--vis-score", type=vis_score_arg, default=BEST_F1,
+                   help=f"score threshold of drawn masks, or {BEST_F1!r} (default): each method at its own "
+                   "cutoff of highest F1 at mask IoU 0.5 on the test split")
     p.add_argument("--opts", nargs=argparse.REMAINDER, default=[], help="KEY VALUE config overrides for every method")
     return p
 
@@ -144,7 +147,9 @@ def _predictions_for_plot(results, n: int) -> Dict[str, List[Optional[np.ndarray
                 for i in range(n):
                     if str(i) in z.files:
                         maps[i] = z[str(i)]
-        preds[r.name] = maps
+        # The column says at which score the masks are drawn (each method's own, by default).
+        thr = (r.eval or {}).get("vis_score")
+        preds[f"{r.name}\nscore >= {thr:.2f}" if isinstance(thr, (int, float)) else r.name] = maps
     return preds
 
 

@@ -27,6 +27,7 @@ only GPU i through ``CUDA_VISIBLE_DEVICES``, or the i-th of the devices it alrea
 """
 from __future__ import annotations
 
+import argparse
 import hashlib
 import json
 import os
@@ -40,7 +41,7 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
-from typing import Callable, Dict, List, Optional, Sequence
+from typing import Callable, Dict, List, Optional, Sequence, Union
 
 from objguided_d2.config import config_chain
 from objguided_d2.utils.io import atomic_write, write_json
@@ -48,6 +49,7 @@ from objguided_d2.utils.io import atomic_write, write_json
 from .presets import REPO_ROOT, Method
 
 __all__ = [
+    "BEST_F1",
     "Budget",
     "EvalSettings",
     "MethodResult",
@@ -59,6 +61,7 @@ __all__ = [
     "read_metrics",
     "read_record",
     "archive_runs",
+    "vis_score_arg",
     "MethodRunner",
 ]
 
@@ -95,6 +98,21 @@ class Budget:
             raise ValueError(f"--input-size must be >= 16 pixels, got {self.input_size}")
 
 
+# --vis-score value: draw each method at its own operating point (its scores need not be on
+# another method's scale: ours' heatmap peaks stay below a box classifier's 0.5 for long).
+BEST_F1 = "best-f1"
+
+
+def vis_score_arg(value: str) -> Union[str, float]:
+    """``--vis-score``: a number, or ``best-f1``."""
+    if value == BEST_F1:
+        return value
+    try:
+        return float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a score (e.g. 0.5) or {BEST_F1!r}, got {value!r}") from None
+
+
 @dataclass(frozen=True)
 class EvalSettings:
     """How every method is evaluated and timed."""
@@ -103,7 +121,7 @@ class EvalSettings:
     warmup: int = 2
     repeats: int = 3
     vis_images: int = 3
-    vis_score: float = 0.5
+    vis_score: Union[str, float] = BEST_F1  # or a fixed score
 
 
 @dataclass

@@ -8,7 +8,8 @@ the same way for every method):
    (:func:`objguided_d2.evaluation.build_evaluators`: COCO bbox/segm + the paper's metrics),
    written under ``DIR`` (``paper_metrics.json`` holds the AP-vs-IoU curves);
 2. speed (:func:`~objguided_d2.comparison.speed.measure_speed`) on the first N test images;
-3. the first K test images' predictions (score >= ``--vis-score``) are saved as label maps
+3. the first K test images' predictions (score >= ``--vis-score``; ``best-f1``, the default:
+   the method's own F1-best cutoff ``F1_best_score`` from step 1) are saved as label maps
    ``DIR/qualitative.npz`` (key = image index in the split, (H, W) int32, 0 = background,
    painted in ascending score so the most confident mask is on top);
 4. everything goes to ``DIR/eval.json``.
@@ -22,15 +23,16 @@ import json
 import logging
 import os
 import sys
-from typing import Dict, Optional, Sequence
+from typing import Dict, Optional, Sequence, Union
 
 import numpy as np
 import torch
 
+from objguided_d2.comparison.runner import BEST_F1, vis_score_arg
 from objguided_d2.utils.io import atomic_write, write_json
 from objguided_d2.utils.label_map import paint_label_map
 
-__all__ = ["get_parser", "label_map_from_instances", "main"]
+__all__ = ["get_parser", "label_map_from_instances", "main", "resolve_vis_score"]
 
 logger = logging.getLogger("objguided_d2.comparison")
 
@@ -46,10 +48,25 @@ def get_parser() -> argparse.ArgumentParser:
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--vis-images", type=int, default=3)
-    p.add_argument("--vis-score", type=float, default=0.5)
+    p.add_argument("--vis-score", type=vis_score_arg, default=BEST_F1,
+                   help=f"score threshold of the saved masks, or {BEST_F1!r} (default): the method's "
+                   "cutoff of highest F1 at mask IoU 0.5 on the evaluated split")
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     p.add_argument("opts", nargs=argparse.REMAINDER, help="config overrides KEY VALUE ...")
     return p
+
+
+def resolve_vis_score(vis_score: Union[str, float], results: Dict) -> float:
+    """The score threshold to draw at: ``vis_score`` itself, or for ``best-f1`` the evaluation's
+    ``F1_best_score`` (0.5 when the paper metrics are off; +inf when no cutoff finds a match)."""
+    if vis_score != BEST_F1:
+        return float(vis_score)
+    paper = results.get("paper") or {}
+    if "F1_best_score" not in paper:
+        logger.warning("--vis-score best-f1: no paper metrics (TEST.PAPER_METRICS_ON False); drawing at 0.5")
+        return 0.5
+    thr = paper["F1_best_score"]
+    return float(thr) if thr is not None and np.isfinite(thr) else float("inf")
 
 
 def label_map_from_instances(instances, score_thresh: float, mask_threshold: float = 0.5) -> np.ndarray:
@@ -123,10 +140,11 @@ def run(args: argparse.Namespace) -> Dict:
 
     vis = {}
     mask_thr = float(cfg.MODEL.OBJGUIDED.MASK_THRESHOLD) if "OBJGUIDED" in cfg.MODEL else 0.5
+    vis_score = resolve_vis_score(args.vis_score, results)
     with torch.no_grad():
         for i in range(n_vis):
             out = model([inputs[i]])[0]
-            vis[str(i)] = label_map_from_instances(out["instances"], args.vis_score, mask_thr)
+            vis[str(i)] = label_map_from_instances(out["instances"], vis_score, mask_thr)
     atomic_write(os.path.join(args.output, "qualitative.npz"), lambda tmp: np.savez_compressed(tmp, **vis),
                  overwrite=True)
 
@@ -139,7 +157,8 @@ def run(args: argparse.Namespace) -> Dict:
             {"index": i, "image_id": records[i].get("image_id"), "file_name": records[i].get("file_name")}
             for i in range(n_vis)
         ],
-        "vis_score": args.vis_score,
+        "vis_score": vis_score if np.isfinite(vis_score) else None,
+        "vis_score_rule": args.vis_score if args.vis_score == BEST_F1 else "fixed",
         "test_dataset": args.test_dataset,
         "num_test_images": len(records),
         "weights": os.path.abspath(args.weights),

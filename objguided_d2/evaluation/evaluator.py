@@ -12,7 +12,11 @@ them to the main process like Detectron2's evaluators, reads the ground truth fr
   ``APseg-<class>`` per class when the dataset has more than one class;
 - ``SEG``, ``DET_precision``, ``DET_recall``, ``DET_F1`` (the "DET-like" F1, not CTC DET),
   ``bestDice``, ``FgBgDice`` — percent; ``DiffFG``, ``absDiffFG`` — object counts (mean per
-  image), not scaled (:mod:`.challenge_metrics`).
+  image), not scaled (:mod:`.challenge_metrics`);
+- ``F1_best`` (percent) and ``F1_best_score``: the highest one-to-one F1 at mask IoU 0.5 over
+  all score cutoffs, and the cutoff that gives it (keep predictions with score >= it): each
+  method's own operating point, which ``tools/compare.py`` draws its masks at (the scores of a
+  centre heatmap and of a box classifier are not on one scale).
 
 The whole dataset is evaluated, like ``COCOEvaluator``: the GT of an image the model was never
 run on counts as missed. Undefined values (no GT at all) are NaN, written as ``null`` in
@@ -317,6 +321,8 @@ class PaperMetricsEvaluator(DatasetEvaluator):
                 metrics[f"APseg-{name}"] = 100.0 * float(np.mean(curve))
         for k, v in summarize_challenge_stats(stats).items():
             metrics[k] = 100.0 * v if k in _FRACTION_KEYS else v
+        metrics["F1_best"] = 100.0 * seg["best_f1"]["F1"]
+        metrics["F1_best_score"] = seg["best_f1"]["score"]
         curves = {
             "iou_thresholds": IOU_THRESHOLDS.tolist(),
             "APseg_curve": (100.0 * seg["curve"]).tolist(),

@@ -39,6 +39,7 @@ __all__ = [
     "box_iou",
     "mask_iou",
     "average_precision",
+    "f1_operating_point",
     "paper_ap",
 ]
 
@@ -188,6 +189,37 @@ def mask_iou(pred_rles: List[dict], gt_rles: List[dict]) -> np.ndarray:
     return np.asarray(ious, dtype=np.float64).reshape(len(pred_rles), len(gt_rles))
 
 
+def _pooled_matches(ious_per_image, scores_per_image, thresholds):
+    """Match each image's predictions greedily (:func:`match_predictions`) and pool them.
+
+    Returns:
+        scores (D,) in descending order, tp (T, D) in that order, and the number of GT.
+    """
+    if len(ious_per_image) != len(scores_per_image):
+        raise ValueError(
+            f"average_precision: {len(ious_per_image)} IoU matrices but "
+            f"{len(scores_per_image)} score arrays"
+        )
+    num_gt = 0
+    all_scores, all_tp = [np.zeros(0)], [np.zeros((len(thresholds), 0), dtype=bool)]
+    for i, (ious, scores) in enumerate(zip(ious_per_image, scores_per_image)):
+        ious = np.asarray(ious, dtype=np.float64)
+        scores = np.asarray(scores, dtype=np.float64).reshape(-1)
+        if ious.ndim != 2 or ious.shape[0] != len(scores):
+            raise ValueError(
+                f"average_precision: image {i} has IoU matrix {ious.shape} "
+                f"but {len(scores)} scores (expected (P, G) with P = #scores)"
+            )
+        num_gt += ious.shape[1]
+        order = np.argsort(-scores, kind="stable")
+        all_scores.append(scores[order])
+        all_tp.append(match_predictions(ious[order], thresholds))
+    scores = np.concatenate(all_scores)
+    tp = np.concatenate(all_tp, axis=1)
+    order = np.argsort(-scores, kind="stable")
+    return scores[order], tp[:, order], num_gt
+
+
 def average_precision(
     ious_per_image: Sequence[np.ndarray],
     scores_per_image: Sequence[np.ndarray],
@@ -202,34 +234,39 @@ def average_precision(
     Returns:
         (T,) AP per threshold; all NaN when there is no GT at all.
     """
-    if len(ious_per_image) != len(scores_per_image):
-        raise ValueError(
-            f"average_precision: {len(ious_per_image)} IoU matrices but "
-            f"{len(scores_per_image)} score arrays"
-        )
     thresholds = np.asarray(iou_thresholds, dtype=np.float64).reshape(-1)
-    num_gt = 0
-    all_scores, all_tp = [], []
-    for i, (ious, scores) in enumerate(zip(ious_per_image, scores_per_image)):
-        ious = np.asarray(ious, dtype=np.float64)
-        scores = np.asarray(scores, dtype=np.float64).reshape(-1)
-        if ious.ndim != 2 or ious.shape[0] != len(scores):
-            raise ValueError(
-                f"average_precision: image {i} has IoU matrix {ious.shape} "
-                f"but {len(scores)} scores (expected (P, G) with P = #scores)"
-            )
-        num_gt += ious.shape[1]
-        order = np.argsort(-scores, kind="stable")
-        all_scores.append(scores[order])
-        all_tp.append(match_predictions(ious[order], thresholds))
+    _, tp, num_gt = _pooled_matches(ious_per_image, scores_per_image, thresholds)
     if num_gt == 0:
         return np.full(len(thresholds), np.nan)
-    if not all_scores:
-        return np.zeros(len(thresholds))
-    scores = np.concatenate(all_scores)
-    tp = np.concatenate(all_tp, axis=1)
-    order = np.argsort(-scores, kind="stable")
-    return np.array([ap_from_tp(tp[ti, order], num_gt) for ti in range(len(thresholds))])
+    return np.array([ap_from_tp(tp[ti], num_gt) for ti in range(len(thresholds))])
+
+
+def f1_operating_point(scores: np.ndarray, tp: np.ndarray, num_gt: int) -> Dict[str, float]:
+    """The score cutoff of maximal F1: keeping the predictions with score >= ``score``.
+
+    Args:
+        scores: (D,) pooled prediction scores, in descending order.
+        tp: (D,) 1 where the prediction is a true positive (at one IoU threshold).
+        num_gt: number of GT instances.
+    Returns:
+        dict with ``score`` (NaN when no cutoff finds a true positive), ``F1``, ``precision``,
+        ``recall`` (fractions; NaN when there is no GT).
+    """
+    scores = np.asarray(scores, dtype=np.float64).reshape(-1)
+    tp = np.asarray(tp, dtype=np.float64).reshape(-1)
+    if num_gt <= 0:
+        return {"score": float("nan"), "F1": float("nan"), "precision": float("nan"), "recall": float("nan")}
+    ctp = np.cumsum(tp)
+    kept = np.arange(1, len(tp) + 1)
+    # A cutoff keeps every prediction of equal score: only the last of a run of ties counts.
+    last = np.ones(len(tp), dtype=bool)
+    last[:-1] = scores[1:] != scores[:-1]
+    f1 = np.where(last, 2 * ctp / (kept + num_gt), -1.0)
+    if len(tp) == 0 or ctp[-1] == 0:
+        return {"score": float("nan"), "F1": 0.0, "precision": 0.0, "recall": 0.0}
+    k = int(np.argmax(f1))
+    return {"score": float(scores[k]), "F1": float(f1[k]), "precision": float(ctp[k] / kept[k]),
+            "recall": float(ctp[k] / num_gt)}
 
 
 def top_scoring(pred: "ImageInstances", k: int) -> "ImageInstances":
@@ -263,7 +300,9 @@ def paper_ap(
         dict with fractions in [0, 1]:
         ``"AP"`` mean of the curve over thresholds, ``"AP50"``/``"AP75"`` (NaN when 0.5/0.75 are
         not among the thresholds), ``"curve"`` (T,) class-averaged AP per threshold,
-        ``"per_class"`` {class id: (T,) curve} for classes with GT, ``"iou_thresholds"`` (T,).
+        ``"per_class"`` {class id: (T,) curve} for classes with GT, ``"iou_thresholds"`` (T,),
+        ``"best_f1"``: :func:`f1_operating_point` at IoU 0.5 over all classes (the score cutoff
+        where one-to-one F1 is highest: a method's own operating point, e.g. for drawing).
         Everything is NaN when the images hold no GT at all.
     """
     if iou_type not in ("segm", "bbox"):
@@ -290,6 +329,7 @@ def paper_ap(
 
     gt_classes = np.unique(np.concatenate([g.classes for g in gts])) if gts else np.array([])
     per_class = {}
+    pooled = []
     for c in gt_classes.tolist():
         ious_c, scores_c = [], []
         for gt, pred, ious in zip(gts, preds, ious_all):
@@ -297,11 +337,19 @@ def paper_ap(
             ious_c.append(ious[np.ix_(pm, gm)])
             scores_c.append(pred.scores[pm])
         per_class[int(c)] = average_precision(ious_c, scores_c, thresholds)
+        # The F1 operating point (IoU 0.5, every class pooled) from the same greedy matching.
+        sc, tp, n = _pooled_matches(ious_c, scores_c, [0.5])
+        pooled.append((sc, tp[0], n))
 
     if per_class:
         curve = np.mean(np.stack(list(per_class.values())), axis=0)
     else:
         curve = np.full(len(thresholds), np.nan)
+
+    sc = np.concatenate([p[0] for p in pooled]) if pooled else np.zeros(0)
+    tp = np.concatenate([p[1] for p in pooled]) if pooled else np.zeros(0)
+    order = np.argsort(-sc, kind="stable")
+    best_f1 = f1_operating_point(sc[order], tp[order], sum(p[2] for p in pooled))
 
     def _at(t: float) -> float:
         hit = np.nonzero(np.isclose(thresholds, t))[0]
@@ -314,4 +362,5 @@ def paper_ap(
         "curve": curve,
         "per_class": per_class,
         "iou_thresholds": thresholds,
+        "best_f1": best_f1,
     }

@@ -149,6 +149,10 @@ def test_perfect_predictions_give_100(dataset_name, tmp_path):
     ):
         assert paper[k] == pytest.approx(100.0), k
     assert paper["DiffFG"] == 0.0 and paper["absDiffFG"] == 0.0
+    # every prediction is right: the F1-best cutoff keeps them all (the lowest score)
+    assert paper["F1_best"] == pytest.approx(100.0)
+    assert paper["F1_best_score"] == pytest.approx(min(float(s) for o in _perfect(dataset_name)[1]
+                                                       for s in o["instances"].scores))
     assert res["segm"]["AP"] == pytest.approx(100.0)
     assert res["bbox"]["AP"] == pytest.approx(100.0)
     saved = json.loads((tmp_path / "paper_metrics.json").read_text())

@@ -12,6 +12,7 @@ from objguided_d2.evaluation.paper_ap import (
     ap_from_tp,
     average_precision,
     box_iou,
+    f1_operating_point,
     mask_iou,
     match_predictions,
     paper_ap,
@@ -275,3 +276,39 @@ def test_property_image_permutation_invariance(data):
     np.testing.assert_array_equal(a, b)
     if not np.isnan(a).any():
         assert ((a >= 0) & (a <= 1)).all()
+
+
+# ----------------------------------------------------------------- F1 operating point
+def test_f1_operating_point_picks_the_best_cutoff():
+    # F1 after 1..4 kept: 2/4, 2/5, 4/6, 4/7 -> keep the top 3 (score >= 0.7)
+    op = f1_operating_point(np.array([0.9, 0.8, 0.7, 0.6]), np.array([1, 0, 1, 0]), num_gt=3)
+    assert op["score"] == 0.7
+    assert op["F1"] == pytest.approx(2 / 3) and op["precision"] == pytest.approx(2 / 3)
+    assert op["recall"] == pytest.approx(2 / 3)
+
+
+def test_f1_operating_point_keeps_ties_together():
+    # cutting inside the tie at 0.8 (F1 1.0) is impossible: score >= 0.8 keeps all three
+    op = f1_operating_point(np.array([0.9, 0.8, 0.8]), np.array([1, 1, 0]), num_gt=2)
+    assert op["score"] == 0.8 and op["F1"] == pytest.approx(0.8) and op["precision"] == pytest.approx(2 / 3)
+
+
+def test_f1_operating_point_edge_cases():
+    none = f1_operating_point(np.array([0.9, 0.5]), np.array([0, 0]), num_gt=2)
+    assert math.isnan(none["score"]) and none["F1"] == 0.0
+    assert math.isnan(f1_operating_point(np.zeros(0), np.zeros(0), num_gt=2)["score"])
+    assert math.isnan(f1_operating_point(np.array([0.9]), np.array([0]), num_gt=0)["F1"])
+
+
+def test_paper_ap_reports_the_f1_operating_point():
+    h = w = 20
+    gt_masks = [_rect_mask(h, w, 0, 0, 8, 8), _rect_mask(h, w, 10, 10, 18, 18)]
+    gt = ImageInstances(classes=np.zeros(2, int), boxes=None, masks=[_rle(m) for m in gt_masks])
+    # two exact masks at 0.3 / 0.2, a false positive above them at 0.9 and one below at 0.1:
+    # keeping score >= 0.2 gives TP 2, FP 1 -> F1 0.8, the best cutoff
+    masks = [_rect_mask(h, w, 0, 12, 5, 17), gt_masks[0], gt_masks[1], _rect_mask(h, w, 12, 0, 17, 5)]
+    pred = ImageInstances(classes=np.zeros(4, int), boxes=None, masks=[_rle(m) for m in masks],
+                          scores=np.array([0.9, 0.3, 0.2, 0.1]))
+    op = paper_ap([gt], [pred], "segm")["best_f1"]
+    assert op["score"] == pytest.approx(0.2) and op["F1"] == pytest.approx(0.8)
+    assert op["precision"] == pytest.approx(2 / 3) and op["recall"] == 1.0

@@ -1,6 +1,7 @@
 """End to end: tools/compare.py trains two tiny baselines and a broken method for a few iterations on
 a tiny embedded dataset, writes every report file, reuses finished runs, retrains on --retrain, and
 reports the broken method as FAILED while the others finish."""
+import argparse
 import csv
 import json
 import os
@@ -14,7 +15,9 @@ import torch
 from objguided_d2.comparison import plots
 from objguided_d2.comparison.presets import PRESETS, parse_methods
 from objguided_d2.comparison.report import COLUMNS
-from objguided_d2.comparison.runner import Budget, MethodRunner, config_chain, failure_reason, run_key
+from objguided_d2.comparison.runner import (BEST_F1, Budget, MethodRunner, config_chain, failure_reason, run_key,
+                                            vis_score_arg)
+from objguided_d2.comparison.worker import label_map_from_instances, resolve_vis_score
 from detectron2.data import DatasetCatalog
 from detectron2.solver import build_lr_scheduler
 from objguided_d2.config import load_config
@@ -116,6 +119,12 @@ def test_compare_end_to_end(tmp_path, env):
         assert 0 <= y0 < y1 <= 96 and 0 <= x0 < x1 <= 96
     vis = np.load(out / "runs" / "mask_rcnn_R18_tiny" / "eval" / "qualitative.npz")
     assert sorted(vis.files) == ["0", "1"] and vis["0"].shape == (96, 96)
+    # the masks are drawn at each method's own F1-best cutoff (by default), which eval.json records
+    for mid in ("mask_rcnn_R18_tiny", "pointrend_R18_tiny"):
+        ev = by_id[mid]["eval"]
+        best = ev["results"]["paper"]["F1_best_score"]
+        assert ev["vis_score_rule"] == "best-f1"
+        assert ev["vis_score"] == (pytest.approx(best) if best is not None else None)
 
     # --- reproduce.md: commands, hashes, versions
     rep = (out / "reproduce.md").read_text()
@@ -162,6 +171,31 @@ def test_bad_arguments_fail_clearly(tmp_path, env):
     assert rc == 2 and "no_such_data_train" in log and "not registered" in log
     rc, log = _compare(["--configs", "configs/tiny/nope.yaml", "--output", str(tmp_path / "o")], env)
     assert rc == 2 and "nope.yaml" in log and "not found" in log
+    rc, log = _compare(["--vis-score", "high", "--output", str(tmp_path / "o")], env)
+    assert rc == 2 and "--vis-score" in log and "'high'" in log and "best-f1" in log
+
+
+def test_vis_score_fixed_or_each_methods_f1_best():
+    assert vis_score_arg("best-f1") == BEST_F1 and vis_score_arg("0.3") == 0.3
+    with pytest.raises(argparse.ArgumentTypeError, match="best-f1"):
+        vis_score_arg("high")
+    assert resolve_vis_score(0.3, {"paper": {"F1_best_score": 0.2}}) == 0.3
+    assert resolve_vis_score(BEST_F1, {"paper": {"F1_best_score": 0.2}}) == 0.2
+    assert resolve_vis_score(BEST_F1, {"paper": {"F1_best_score": float("nan")}}) == float("inf")  # no match
+    assert resolve_vis_score(BEST_F1, {"segm": {}}) == 0.5  # paper metrics switched off
+
+
+def test_label_map_draws_only_masks_at_or_above_the_score():
+    from detectron2.structures import Instances
+
+    inst = Instances((8, 8))
+    masks = torch.zeros(3, 8, 8, dtype=torch.bool)
+    masks[0, :4], masks[1, 4:], masks[2, :, :2] = True, True, True
+    inst.pred_masks, inst.scores = masks, torch.tensor([0.9, 0.2, 0.4])
+    lab = label_map_from_instances(inst, 0.4)
+    assert len(np.unique(lab[lab > 0])) == 2 and not lab[4:, 2:].any()  # the 0.2 mask is left out
+    assert lab[0, 0] == lab[0, 5] != lab[5, 0]  # the 0.9 mask is painted over the 0.4 one
+    assert not label_map_from_instances(inst, float("inf")).any()
 
 
 def test_methods_presets_and_config_chain(tmp_path):
