@@ -185,7 +185,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                                  f"--dataset-name {', '.join(bases)}")
         methods = parse_methods(args.configs or preset.configs)
         for m in methods:  # every method's config (and _BASE_ files) read safely, before any training
-            load_config(m.config_file)
+            # (only read here: --device decides the device, so no CUDA-fallback warning)
+            load_config(m.config_file, allow_cuda_fallback=False)
         input_size = preset.input_size if args.input_size is None else (args.input_size or None)
         budget = Budget(
             iters=preset.iters if args.iters is None else args.iters,

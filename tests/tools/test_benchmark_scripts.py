@@ -1,4 +1,5 @@
-"""benchmarks/seed_table.py (mean over seeds) and benchmarks/data_scale.py (object scale) on small
+"""benchmarks/seed_table.py (mean over seeds), benchmarks/data_scale.py (object scale) and
+benchmarks/reevaluate_study.sh (a study copy with linked weights) on small
 inputs they read back."""
 import importlib.util
 import json
@@ -62,3 +63,31 @@ def test_data_scale_counts_radius_zero_objects():
     assert inner.tolist() == [True, True, False]
     sides2, _, _ = ds.object_scale([rec], input_scale=2.0)
     np.testing.assert_allclose(sides2, 2 * sides)
+
+
+def test_reevaluate_study_links_weights_and_copies_the_rest(tmp_path):
+    import subprocess
+
+    script = os.path.join(ROOT, "benchmarks", "reevaluate_study.sh")
+    run = tmp_path / "study" / "runs" / "ours"
+    (run / "eval").mkdir(parents=True)
+    (run / "model_final.pth").write_bytes(b"weights")
+    (run / "compare_run.json").write_text('{"key": "k"}')
+    (run / "eval" / "eval.json").write_text("{}")
+    out = tmp_path / "again"
+    # PYTHON=echo: the compare command it would run is printed instead of run
+    proc = subprocess.run([script, str(tmp_path / "study"), str(out), "--seed", "1"], capture_output=True,
+                          text=True, env={**os.environ, "PYTHON": "echo"})
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.split() == ["tools/compare.py", "--seed", "1", "--output", str(out)]
+    got = out / "runs" / "ours"
+    assert os.path.islink(got / "model_final.pth") and (got / "model_final.pth").read_bytes() == b"weights"
+    for f in ("compare_run.json", os.path.join("eval", "eval.json")):
+        assert not os.path.islink(got / f) and os.path.isfile(got / f), f
+    (got / "compare_run.json").write_text("changed")  # writing in OUT leaves the study as it was
+    assert (run / "compare_run.json").read_text() == '{"key": "k"}'
+    # an existing OUT or a folder without runs/ is refused, in one line
+    again = subprocess.run([script, str(tmp_path / "study"), str(out)], capture_output=True, text=True)
+    assert again.returncode == 2 and "exists" in again.stderr and len(again.stderr.strip().splitlines()) == 1
+    bad = subprocess.run([script, str(tmp_path), str(tmp_path / "x")], capture_output=True, text=True)
+    assert bad.returncode == 2 and "no runs/" in bad.stderr

@@ -69,6 +69,7 @@ def test_compare_end_to_end(tmp_path, env):
     args = ["--dataset", SPEC, "--configs", MASK_RCNN, POINTREND, f"broken={broken}", *FAST, "--output", str(out)]
     rc, log = _compare([*args, "--jobs", "2"], env)  # two methods at once; results keep the order
     assert rc == 1, log[-4000:]  # one method failed
+    assert "CUDA is not available" not in log  # --device cpu: no fallback warning from reading the configs
 
     # --- the failed method is reported; the others finished
     res = json.loads((out / "results.json").read_text())
