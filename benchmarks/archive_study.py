@@ -17,8 +17,12 @@ checkpoints are gone.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from typing import Optional, Sequence
+
+# This checkout's package first, not another one installed in the same environment (a study worktree).
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:

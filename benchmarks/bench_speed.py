@@ -31,6 +31,8 @@ import time
 from typing import Dict, List
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# This checkout's package first, not another one installed in the same environment (a study worktree).
+sys.path.insert(0, ROOT)
 
 # name -> (config file, extra opts)
 MODELS: Dict[str, tuple] = {

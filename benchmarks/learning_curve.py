@@ -17,6 +17,9 @@ import sys
 import tempfile
 from typing import Dict, Optional, Sequence
 
+# This checkout's package first, not another one installed in the same environment (a study worktree).
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
 METRICS = ("APseg", "APdec", "DET_recall")
 
 

@@ -18,6 +18,8 @@ import sys
 from typing import List, Optional, Sequence
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# This checkout's package first, not another one installed in the same environment (a study worktree).
+sys.path.insert(0, ROOT)
 
 
 def get_parser() -> argparse.ArgumentParser:

@@ -44,3 +44,25 @@ def test_paper_defaults():
     assert (og.REFINE_OVERSAMPLE_RATIO, og.REFINE_IMPORTANCE_SAMPLE_RATIO, og.REFINE_POINT_DIVISOR) == (3, 0.75, 8)
     assert (og.WH_LOSS_WEIGHT, og.SEG_LOSS_WEIGHT, og.GAUSSIAN_MIN_OVERLAP, og.TOPK) == (0.1, 2.0, 0.7, 500)
     assert og.SCORE_THRESH_TEST == 0.3 and og.ROI_ENLARGE == 1.1
+
+
+SCRIPTS = ("tools/train_net.py", "tools/predict.py", "tools/compare.py", "benchmarks/learning_curve.py",
+           "benchmarks/oracle_boxes.py", "benchmarks/archive_study.py")
+
+
+def test_scripts_import_their_own_checkout(tmp_path):
+    # Another objguided_d2 ahead in the path (as a second checkout installed in the same
+    # environment would be): every script must still run the package of the checkout it is in.
+    import os
+    import subprocess
+    import sys
+
+    fake = tmp_path / "objguided_d2"
+    fake.mkdir()
+    (fake / "__init__.py").write_text("raise ImportError('the other checkout was imported')\n")
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = {**os.environ, "PYTHONPATH": str(tmp_path)}
+    for script in SCRIPTS:
+        proc = subprocess.run([sys.executable, os.path.join(root, script), "--help"], cwd=str(tmp_path), env=env,
+                              capture_output=True, text=True, timeout=300)
+        assert proc.returncode == 0 and "other checkout" not in proc.stderr, (script, proc.stderr[-2000:])

@@ -9,7 +9,11 @@
 
 See README.md for every option.
 """
+import os
 import sys
+
+# This checkout's package first, not another one installed in the same environment (a study worktree).
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import objguided_d2  # noqa: F401  (registers the model, datasets and evaluators)
 from objguided_d2.engine.train_net import cli, main, setup  # noqa: F401
