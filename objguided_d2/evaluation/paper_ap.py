@@ -236,9 +236,14 @@ def average_precision(
     """
     thresholds = np.asarray(iou_thresholds, dtype=np.float64).reshape(-1)
     _, tp, num_gt = _pooled_matches(ious_per_image, scores_per_image, thresholds)
+    return _ap_per_threshold(tp, num_gt)
+
+
+def _ap_per_threshold(tp: np.ndarray, num_gt: int) -> np.ndarray:
+    """(T,) AP from pooled (T, D) true positives in descending score order; NaN without GT."""
     if num_gt == 0:
-        return np.full(len(thresholds), np.nan)
-    return np.array([ap_from_tp(tp[ti], num_gt) for ti in range(len(thresholds))])
+        return np.full(len(tp), np.nan)
+    return np.array([ap_from_tp(row, num_gt) for row in tp])
 
 
 def f1_operating_point(scores: np.ndarray, tp: np.ndarray, num_gt: int) -> Dict[str, float]:
@@ -257,13 +262,13 @@ def f1_operating_point(scores: np.ndarray, tp: np.ndarray, num_gt: int) -> Dict[
     if num_gt <= 0:
         return {"score": float("nan"), "F1": float("nan"), "precision": float("nan"), "recall": float("nan")}
     ctp = np.cumsum(tp)
+    if len(tp) == 0 or ctp[-1] == 0:
+        return {"score": float("nan"), "F1": 0.0, "precision": 0.0, "recall": 0.0}
     kept = np.arange(1, len(tp) + 1)
     # A cutoff keeps every prediction of equal score: only the last of a run of ties counts.
     last = np.ones(len(tp), dtype=bool)
     last[:-1] = scores[1:] != scores[:-1]
     f1 = np.where(last, 2 * ctp / (kept + num_gt), -1.0)
-    if len(tp) == 0 or ctp[-1] == 0:
-        return {"score": float("nan"), "F1": 0.0, "precision": 0.0, "recall": 0.0}
     k = int(np.argmax(f1))
     return {"score": float(scores[k]), "F1": float(f1[k]), "precision": float(ctp[k] / kept[k]),
             "recall": float(ctp[k] / num_gt)}
@@ -336,10 +341,13 @@ def paper_ap(
             pm, gm = pred.classes == c, gt.classes == c
             ious_c.append(ious[np.ix_(pm, gm)])
             scores_c.append(pred.scores[pm])
-        per_class[int(c)] = average_precision(ious_c, scores_c, thresholds)
-        # The F1 operating point (IoU 0.5, every class pooled) from the same greedy matching.
-        sc, tp, n = _pooled_matches(ious_c, scores_c, [0.5])
-        pooled.append((sc, tp[0], n))
+        sc, tp, n = _pooled_matches(ious_c, scores_c, thresholds)
+        per_class[int(c)] = _ap_per_threshold(tp, n)
+        # The F1 operating point (IoU 0.5, every class pooled) from the same greedy matching; a
+        # second matching only when 0.5 is not among the thresholds.
+        at50 = np.nonzero(np.isclose(thresholds, 0.5))[0]
+        tp50 = tp[at50[0]] if len(at50) else _pooled_matches(ious_c, scores_c, [0.5])[1][0]
+        pooled.append((sc, tp50, n))
 
     if per_class:
         curve = np.mean(np.stack(list(per_class.values())), axis=0)

@@ -312,3 +312,5 @@ def test_paper_ap_reports_the_f1_operating_point():
     op = paper_ap([gt], [pred], "segm")["best_f1"]
     assert op["score"] == pytest.approx(0.2) and op["F1"] == pytest.approx(0.8)
     assert op["precision"] == pytest.approx(2 / 3) and op["recall"] == 1.0
+    # the same operating point when 0.5 is not among the AP thresholds (matched again at 0.5)
+    assert paper_ap([gt], [pred], "segm", iou_thresholds=(0.75,))["best_f1"] == op
