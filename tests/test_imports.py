@@ -47,7 +47,7 @@ def test_paper_defaults():
 
 
 SCRIPTS = ("tools/train_net.py", "tools/predict.py", "tools/compare.py", "benchmarks/learning_curve.py",
-           "benchmarks/oracle_boxes.py", "benchmarks/archive_study.py")
+           "benchmarks/oracle_boxes.py", "benchmarks/archive_study.py", "benchmarks/error_breakdown.py")
 
 
 def test_scripts_import_their_own_checkout(tmp_path):

@@ -35,6 +35,7 @@ __all__ = [
     "top_scoring",
     "voc_ap",
     "ap_from_tp",
+    "match_assignment",
     "match_predictions",
     "box_iou",
     "mask_iou",
@@ -122,10 +123,37 @@ def ap_from_tp(tp: np.ndarray, num_gt: int) -> float:
     return voc_ap(recall, precision)
 
 
-def match_predictions(ious: np.ndarray, iou_thresholds: Sequence[float]) -> np.ndarray:
-    """Greedy matching of one image's predictions (rows, in descending score order) to its GT.
+def match_assignment(ious: np.ndarray, iou_threshold: float) -> np.ndarray:
+    """The greedy matching of one image at one threshold: which GT each prediction took.
 
-    Each prediction takes the still-unmatched GT of highest IoU if that IoU > t, else it is a FP.
+    Going down the rows (descending score), a prediction takes the still-unmatched GT of highest
+    IoU if that IoU is > ``iou_threshold`` (strict); otherwise it is a false positive.
+
+    Args:
+        ious: (P, G) IoU of each prediction with each GT, rows sorted by descending score.
+        iou_threshold: the threshold t.
+    Returns:
+        (P,) int, the GT index each prediction matched, -1 for a false positive.
+    """
+    ious = np.asarray(ious, dtype=np.float64)
+    num_pred, num_gt = ious.shape
+    assigned = np.full(num_pred, -1, dtype=np.int64)
+    if num_pred == 0 or num_gt == 0:
+        return assigned
+    free = np.ones(num_gt, dtype=bool)
+    for p in range(num_pred):
+        row = np.where(free, ious[p], -1.0)
+        g = int(np.argmax(row))
+        if row[g] > iou_threshold:
+            assigned[p] = g
+            free[g] = False
+            if not free.any():
+                break
+    return assigned
+
+
+def match_predictions(ious: np.ndarray, iou_thresholds: Sequence[float]) -> np.ndarray:
+    """Greedy matching (:func:`match_assignment`) of one image's predictions at each threshold.
 
     Args:
         ious: (P, G) IoU of each prediction with each GT, rows sorted by descending score.
@@ -135,20 +163,9 @@ def match_predictions(ious: np.ndarray, iou_thresholds: Sequence[float]) -> np.n
     """
     ious = np.asarray(ious, dtype=np.float64)
     thresholds = np.asarray(iou_thresholds, dtype=np.float64).reshape(-1)
-    num_pred, num_gt = ious.shape
-    tp = np.zeros((len(thresholds), num_pred), dtype=bool)
-    if num_pred == 0 or num_gt == 0:
-        return tp
+    tp = np.zeros((len(thresholds), ious.shape[0]), dtype=bool)
     for ti, t in enumerate(thresholds):
-        free = np.ones(num_gt, dtype=bool)
-        for p in range(num_pred):
-            row = np.where(free, ious[p], -1.0)
-            g = int(np.argmax(row))
-            if row[g] > t:
-                tp[ti, p] = True
-                free[g] = False
-                if not free.any():
-                    break
+        tp[ti] = match_assignment(ious, float(t)) >= 0
     return tp
 
 

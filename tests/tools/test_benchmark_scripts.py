@@ -1,4 +1,5 @@
-"""benchmarks/seed_table.py (mean over seeds), benchmarks/data_scale.py (object scale) and
+"""benchmarks/seed_table.py (mean over seeds), benchmarks/data_scale.py (object scale),
+benchmarks/error_breakdown.py (errors from saved predictions) and
 benchmarks/reevaluate_study.sh (a study copy with linked weights) on small
 inputs they read back."""
 import importlib.util
@@ -6,6 +7,7 @@ import json
 import os
 
 import numpy as np
+import pycocotools.mask as mask_util
 import pytest
 from detectron2.structures import BoxMode
 
@@ -91,3 +93,49 @@ def test_reevaluate_study_links_weights_and_copies_the_rest(tmp_path):
     assert again.returncode == 2 and "exists" in again.stderr and len(again.stderr.strip().splitlines()) == 1
     bad = subprocess.run([script, str(tmp_path), str(tmp_path / "x")], capture_output=True, text=True)
     assert bad.returncode == 2 and "no runs/" in bad.stderr
+
+
+def test_error_breakdown_reads_saved_predictions(tmp_path, capsys):
+    """Saved COCO results = the GT minus one object, plus one background mask: AP@0.5 from the
+    script equals the paper's, one miss and one background FP are found, and bad input is one line."""
+    from detectron2.data import DatasetCatalog, MetadataCatalog
+
+    from objguided_d2.data.register import register_dataset_spec
+    from objguided_d2.evaluation.evaluator import gt_instances_from_dict
+    from objguided_d2.evaluation.paper_ap import ImageInstances, paper_ap
+
+    eb = _script("error_breakdown")
+    register_dataset_spec("errs=synthetic:nuclei?image_size=96&num_train=1&num_val=1&num_test=2")
+    records = DatasetCatalog.get("errs_test")
+    to_dataset = {v: k for k, v in MetadataCatalog.get("errs_test").thing_dataset_id_to_contiguous_id.items()}
+    results, gts, preds = [], [], []
+    for i, rec in enumerate(records):
+        gt = gt_instances_from_dict(rec)
+        keep = list(range(len(gt))) if i else list(range(1, len(gt)))  # image 0 misses its first object
+        masks = [gt.masks[j] for j in keep]
+        scores = [0.9 - 0.01 * j for j in keep]
+        bkg = np.zeros((rec["height"], rec["width"]), np.uint8)
+        bkg[0:2, 0:2] = 1  # a corner no nucleus covers fully
+        masks.append(mask_util.encode(np.asfortranarray(bkg)))
+        scores.append(0.95)
+        for m, s in zip(masks, scores):
+            x, y, w, h = mask_util.toBbox(m).tolist()
+            results.append({"image_id": rec["image_id"], "category_id": to_dataset[0], "score": s, "bbox": [x, y, w, h],
+                            "segmentation": {"size": m["size"], "counts": m["counts"].decode("ascii")}})
+        gts.append(gt)
+        preds.append(ImageInstances(np.zeros(len(masks)), None, masks, np.asarray(scores)))
+    run = tmp_path / "cmp" / "runs" / "m"
+    (run / "eval").mkdir(parents=True)
+    (run / "eval" / "coco_instances_results.json").write_text(json.dumps(results))
+    out = tmp_path / "errors.md"
+    assert eb.main([str(tmp_path / "cmp"), "--dataset-name", "errs", "--output", str(out)]) == 0
+    data = json.loads(out.with_suffix(".json").read_text())["methods"]["m"]
+    assert data["AP50"] == pytest.approx(paper_ap(gts, preds)["AP50"])
+    assert data["counts"]["missed"] == 1 and data["misses"]["missed"] == 1
+    assert data["counts"]["bkg"] + data["counts"]["part"] + data["counts"]["loc"] == 2
+    assert "| m | " in out.read_text()
+    (run / "eval" / "coco_instances_results.json").write_text("{not json")
+    with pytest.raises(SystemExit, match="coco_instances_results.json: cannot read"):
+        eb.main([str(tmp_path / "cmp"), "--dataset-name", "errs"])
+    with pytest.raises(SystemExit, match="no runs/"):
+        eb.main([str(tmp_path), "--dataset-name", "errs"])
