@@ -24,12 +24,10 @@ METRICS = ("APseg", "APdec", "DET_recall")
 
 
 def get_parser() -> argparse.ArgumentParser:
+    from objguided_d2.comparison.runs import add_compare_dir_arguments
+
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("compare_dir", help="a tools/compare.py output folder")
-    p.add_argument("--dataset", action="append", default=[], metavar="NAME=FORMAT:PATH")
-    p.add_argument("--dataset-name", default=None, help="base name: <NAME>_<split> is evaluated")
-    p.add_argument("--split", default="test")
-    p.add_argument("--methods", nargs="+", default=None, help="run folder names (default: every finished run)")
+    add_compare_dir_arguments(p)
     p.add_argument("--iters", nargs="+", type=int, default=[199, 399, 599, 799, 999],
                    help="checkpoint iterations (model_<iter:07d>.pth; the last may be model_final.pth)")
     p.add_argument("--threads", type=int, default=0)

@@ -23,13 +23,10 @@ sys.path.insert(0, ROOT)
 
 
 def get_parser() -> argparse.ArgumentParser:
+    from objguided_d2.comparison.runs import add_compare_dir_arguments
+
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("compare_dir", help="a tools/compare.py output folder (its runs/<method>/ are read)")
-    p.add_argument("--dataset", action="append", default=[], metavar="NAME=FORMAT:PATH",
-                   help="dataset spec to register (as given to compare.py)")
-    p.add_argument("--dataset-name", default=None, help="base name: <NAME>_<split> is evaluated")
-    p.add_argument("--split", default="test", help="split evaluated (default test)")
-    p.add_argument("--methods", nargs="+", default=None, help="run folder names (default: every finished run)")
+    add_compare_dir_arguments(p)
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: default)")
     p.add_argument("--trust-pickle", action="store_true", help="allow checkpoints that need full unpickling")
     p.add_argument("--output", default=None, help="markdown file to write (a .json with every object beside it)")

@@ -5,7 +5,18 @@ from __future__ import annotations
 import os
 from typing import List, Optional, Sequence, Tuple
 
-__all__ = ["resolve_dataset", "finished_runs", "run_name", "open_compare_dir", "write_report", "load_run"]
+__all__ = ["add_compare_dir_arguments", "resolve_dataset", "finished_runs", "run_name", "open_compare_dir", "write_report", "load_run"]
+
+
+def add_compare_dir_arguments(parser, methods_help: str = "run folder names (default: every finished run)") -> None:
+    """The arguments every diagnostic of a comparison folder takes: the folder, the test dataset
+    (``--dataset`` specs, ``--dataset-name``, ``--split``) and ``--methods``."""
+    parser.add_argument("compare_dir", help="a tools/compare.py output folder (its runs/<method>/ are read)")
+    parser.add_argument("--dataset", action="append", default=[], metavar="NAME=FORMAT:PATH",
+                        help="dataset spec to register (as given to compare.py)")
+    parser.add_argument("--dataset-name", default=None, help="base name: <NAME>_<split> is evaluated")
+    parser.add_argument("--split", default="test", help="split evaluated (default test)")
+    parser.add_argument("--methods", nargs="+", default=None, help=methods_help)
 
 
 def resolve_dataset(specs: Sequence[str], dataset_name: Optional[str], split: str) -> str:
