@@ -52,7 +52,9 @@ case " $STEPS " in *" report "*)
   [ -n "${OURS_PLUS:-}" ] && ids+=(Ours)  # run id of "Ours+" (runs/<name with "+" dropped>)
   for fam in leaves neural nuclei; do
     if [ -f "$OUT/${fam}_seed0/results.json" ] && [ -f "$OUT/${fam}_seed1/results.json" ]; then
-      "$PY" benchmarks/seed_table.py "$OUT/${fam}_seed0" "$OUT/${fam}_seed1" --output "$OUT/${fam}_seeds.md" --overwrite
+      targets=margins; [ "$fam" = nuclei ] && targets=level  # the paper's targets per family
+      "$PY" benchmarks/seed_table.py "$OUT/${fam}_seed0" "$OUT/${fam}_seed1" --targets "$targets" \
+        --output "$OUT/${fam}_seeds.md" --overwrite
     fi
     have=()
     for id in "${ids[@]}"; do [ -f "$OUT/${fam}_seed0/runs/$id/model_0002499.pth" ] && have+=("$id"); done

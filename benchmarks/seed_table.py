@@ -7,6 +7,10 @@ failed in one folder shows ``-`` for that seed and its mean is left out.
 
     python benchmarks/seed_table.py out/paperscale/leaves_seed0 out/paperscale/leaves_seed1 \
         --output out/paperscale/leaves_seeds.md
+
+``--targets margins`` (neural cells, leaves) or ``--targets level`` (nuclei) adds the paper's
+targets checked on APseg, for the mean and for every seed; methods are matched by their compare
+name (Ours, Ours w/o refine, Ours+, Mask R-CNN, PointRend).
 """
 import argparse
 import json
@@ -26,6 +30,19 @@ METRICS = [
     ("paper", "DET_recall", "DET recall"),
     ("paper", "DET_precision", "DET precision"),
 ]
+
+# The paper's targets on APseg: (label, candidates (the best one present counts), reference, margin).
+_OURS_REFINE = ("Ours >= Ours w/o refine", ("Ours",), "Ours w/o refine", 0.0)
+TARGETS = {
+    # neural cells and leaves: ours well ahead of both baselines
+    "margins": [
+        ("Ours or Ours+ >= PointRend + 5", ("Ours", "Ours+"), "PointRend", 5.0),
+        ("Ours or Ours+ >= Mask R-CNN + 10", ("Ours", "Ours+"), "Mask R-CNN", 10.0),
+        _OURS_REFINE,
+    ],
+    # nuclei (DSB2018): ours level with PointRend
+    "level": [("Ours or Ours+ >= PointRend", ("Ours", "Ours+"), "PointRend", 0.0), _OURS_REFINE],
+}
 
 
 def _value(method: Dict, section: str, key: str) -> Optional[float]:
@@ -76,13 +93,61 @@ def format_markdown(rows: List[Dict]) -> str:
     return "\n".join(out) + "\n"
 
 
+def check_targets(rows: List[Dict], kind: str) -> List[Dict]:
+    """Each target of ``TARGETS[kind]`` on APseg, for the mean (``None`` key) and every seed.
+
+    Returns ``[{"target": label, "checks": [{"which": "mean"|seed, "ok": bool|None, "method": name,
+    "value": v, "reference": r, "margin": v - r}, ...]}]``; ``ok`` is ``None`` where a value is missing.
+    """
+    by_name = {r["method"]: r["values"]["APseg"] for r in rows}
+    seeds = rows[0]["seeds"] if rows else []
+    out = []
+    for label, candidates, ref_name, margin in TARGETS[kind]:
+        checks = []
+        for which, pick in [("mean", lambda v: v["mean"])] + [
+                (s, (lambda i: lambda v: v["seeds"][i])(i)) for i, s in enumerate(seeds)]:
+            ref = pick(by_name[ref_name]) if ref_name in by_name else None
+            got = [(pick(by_name[c]), c) for c in candidates if c in by_name and pick(by_name[c]) is not None]
+            check = {"which": which, "ok": None, "method": None, "value": None, "reference": ref, "margin": None}
+            if got and ref is not None:
+                value, name = max(got, key=lambda t: t[0])
+                check.update(ok=value >= ref + margin, method=name, value=value, margin=value - ref)
+            checks.append(check)
+        out.append({"target": label, "checks": checks})
+    return out
+
+
+def format_targets(targets: List[Dict]) -> str:
+    if not targets:
+        return ""
+    cols = [c["which"] for c in targets[0]["checks"]]
+    out = ["", "The paper's targets on APseg (the better of Ours and Ours+ where both count):", "",
+           "| Target | " + " | ".join("mean" if c == "mean" else f"seed {c}" for c in cols) + " |",
+           "|:---|" + "---|" * len(cols)]
+    for t in targets:
+        cells = []
+        for c in t["checks"]:
+            if c["ok"] is None:
+                cells.append("-")
+            else:
+                cells.append(f"{'**yes**' if c['ok'] else '**no**'}: {c['method']} {c['value']:.2f} vs "
+                             f"{c['reference']:.2f} ({c['margin']:+.2f})")
+        out.append(f"| {t['target']} | " + " | ".join(cells) + " |")
+    return "\n".join(out) + "\n"
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("folders", nargs="+", help="tools/compare.py output folders, one per seed")
     p.add_argument("--output", default=None, help="also write the table here (markdown)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing --output file")
+    p.add_argument("--targets", choices=sorted(TARGETS), default=None,
+                   help="also check the paper's targets: margins (neural cells, leaves) or level (nuclei)")
     a = p.parse_args(argv)
-    text = format_markdown(seed_rows(a.folders))
+    rows = seed_rows(a.folders)
+    text = format_markdown(rows)
+    if a.targets:
+        text += format_targets(check_targets(rows, a.targets))
     print(text, end="")
     if a.output:
         sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))

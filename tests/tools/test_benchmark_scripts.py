@@ -52,6 +52,27 @@ def test_seed_table_means_and_missing(tmp_path, capsys):
         st.seed_rows([str(tmp_path / "nothing")])
 
 
+def test_seed_table_checks_the_paper_targets(tmp_path, capsys):
+    st = _script("seed_table")
+    five = [("o", "Ours", 20.0), ("n", "Ours w/o refine", 21.0), ("m", "Mask R-CNN", 15.0), ("p", "PointRend", 24.0)]
+    _results(str(tmp_path / "s0"), 0, five + [("plus", "Ours+", 30.0)])
+    _results(str(tmp_path / "s1"), 1, five + [("plus", "Ours+", None)])
+    rows = st.seed_rows([str(tmp_path / "s0"), str(tmp_path / "s1")])
+    t = {x["target"]: x["checks"] for x in st.check_targets(rows, "margins")}
+    pr = t["Ours or Ours+ >= PointRend + 5"]
+    assert [c["which"] for c in pr] == ["mean", 0, 1]
+    assert (pr[0]["method"], pr[0]["ok"]) == ("Ours", False)  # Ours+ failed on seed 1: no mean, Ours' counts
+    assert (pr[1]["method"], pr[1]["ok"], pr[1]["margin"]) == ("Ours+", True, 6.0)  # 30 >= 24 + 5
+    assert (pr[2]["method"], pr[2]["ok"]) == ("Ours", False)  # seed 1: only Ours counts, 20 < 29
+    mr = t["Ours or Ours+ >= Mask R-CNN + 10"]
+    assert mr[2]["ok"] is False and mr[1]["ok"] is True
+    assert [c["ok"] for c in t["Ours >= Ours w/o refine"]] == [False, False, False]
+    level = {x["target"]: x["checks"] for x in st.check_targets(rows, "level")}
+    assert [c["ok"] for c in level["Ours or Ours+ >= PointRend"]] == [False, True, False]
+    assert st.main([str(tmp_path / "s0"), str(tmp_path / "s1"), "--targets", "level"]) == 0
+    assert "| Ours or Ours+ >= PointRend | **no**: Ours 20.00 vs 24.00 (-4.00) | **yes**: Ours+ 30.00" in capsys.readouterr().out
+
+
 def test_data_scale_counts_radius_zero_objects():
     ds = _script("data_scale")
     rec = {"height": 64, "width": 64, "annotations": [
