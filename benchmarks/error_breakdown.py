@@ -112,7 +112,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     args = get_parser().parse_args(argv)
     from detectron2.data import DatasetCatalog, MetadataCatalog
 
-    from objguided_d2.comparison.runs import resolve_dataset, run_name, write_report
+    from objguided_d2.comparison.runs import compare_order, resolve_dataset, run_name, write_report
     from objguided_d2.evaluation.errors import ERROR_KINDS, error_breakdown, gt_neighbourhood
     from objguided_d2.evaluation.evaluator import gt_instances_from_dict
 
@@ -123,7 +123,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     runs_dir = os.path.join(args.compare_dir, "runs")
     if not os.path.isdir(runs_dir):
         sys.exit(f"{runs_dir}: not a tools/compare.py output folder (no runs/)")
-    ids = args.methods or sorted(d for d in os.listdir(runs_dir) if os.path.isfile(os.path.join(runs_dir, d, RESULTS)))
+    ids = args.methods or compare_order(
+        runs_dir, [d for d in os.listdir(runs_dir) if os.path.isfile(os.path.join(runs_dir, d, RESULTS))])
     for m in ids:
         if not os.path.isfile(os.path.join(runs_dir, m, RESULTS)):
             sys.exit(f"{m}: {os.path.join(runs_dir, m, RESULTS)} not found (evaluate it with tools/compare.py first)")

@@ -57,10 +57,23 @@ def finished_runs(compare_dir: str, methods: Optional[Sequence[str]] = None) -> 
                 if not os.path.isfile(os.path.join(runs_dir, m, f)):
                     raise ValueError(f"{m}: {os.path.join(runs_dir, m, f)} not found (train it with tools/compare.py first)")
         return runs_dir, list(methods)
-    ids = sorted(d for d in os.listdir(runs_dir) if os.path.isfile(os.path.join(runs_dir, d, "model_final.pth")))
+    ids = compare_order(runs_dir, [d for d in os.listdir(runs_dir)
+                                   if os.path.isfile(os.path.join(runs_dir, d, "model_final.pth"))])
     if not ids:
         raise ValueError(f"{runs_dir}: no finished run (model_final.pth)")
     return runs_dir, ids
+
+
+def compare_order(runs_dir: str, run_ids: Sequence[str]) -> List[str]:
+    """``run_ids`` in the order of the comparison's table (``results.json`` beside ``runs_dir``),
+    so that every report lists the methods as the comparison does; ids it does not name follow,
+    sorted."""
+    from .runner import read_record
+
+    results = read_record(os.path.join(os.path.dirname(os.path.abspath(runs_dir)), "results.json"))
+    order = [m.get("id") for m in results.get("methods", []) if isinstance(m, dict)]
+    rank = {rid: i for i, rid in enumerate(order)}
+    return sorted(run_ids, key=lambda r: (rank.get(r, len(rank)), r))
 
 
 def run_name(runs_dir: str, run_id: str) -> str:

@@ -3,7 +3,7 @@ import json
 
 import pytest
 
-from objguided_d2.comparison.runs import finished_runs, resolve_dataset, run_name
+from objguided_d2.comparison.runs import compare_order, finished_runs, resolve_dataset, run_name
 
 
 def test_finished_runs(tmp_path):
@@ -50,3 +50,15 @@ def test_run_name(tmp_path):
     assert run_name(str(runs), "x") == "My net"
     (tmp_path / "results.json").write_text("{not json")  # a broken file falls back, no traceback
     assert run_name(str(runs), "x") == "x"
+
+
+def test_compare_order_follows_the_comparison_table(tmp_path):
+    runs = tmp_path / "runs"
+    runs.mkdir()
+    assert compare_order(str(runs), ["b", "Ours", "a"]) == ["Ours", "a", "b"]  # no results.json: sorted
+    (tmp_path / "results.json").write_text(json.dumps({"methods": [{"id": "b"}, {"id": "c"}, {"id": "a"}]}))
+    assert compare_order(str(runs), ["Ours", "a", "b"]) == ["b", "a", "Ours"]  # unnamed ids last
+    for rid in ("a", "b"):
+        (runs / rid).mkdir()
+        (runs / rid / "model_final.pth").write_bytes(b"x")
+    assert finished_runs(str(tmp_path))[1] == ["b", "a"]
