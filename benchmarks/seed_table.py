@@ -94,23 +94,25 @@ def format_markdown(rows: List[Dict]) -> str:
 
 
 def check_targets(rows: List[Dict], kind: str) -> List[Dict]:
-    """Each target of ``TARGETS[kind]`` on APseg, for the mean (``None`` key) and every seed.
+    """Each target of ``TARGETS[kind]`` on APseg, for the mean and every seed.
 
     Returns ``[{"target": label, "checks": [{"which": "mean"|seed, "ok": bool|None, "method": name,
     "value": v, "reference": r, "margin": v - r}, ...]}]``; ``ok`` is ``None`` where a value is missing.
     """
     by_name = {r["method"]: r["values"]["APseg"] for r in rows}
     seeds = rows[0]["seeds"] if rows else []
+    # (column, APseg of a method in it): the mean, then seed by seed
+    columns = [("mean", lambda name: by_name[name]["mean"])] + [
+        (s, lambda name, i=i: by_name[name]["seeds"][i]) for i, s in enumerate(seeds)]
     out = []
     for label, candidates, ref_name, margin in TARGETS[kind]:
         checks = []
-        for which, pick in [("mean", lambda v: v["mean"])] + [
-                (s, (lambda i: lambda v: v["seeds"][i])(i)) for i, s in enumerate(seeds)]:
-            ref = pick(by_name[ref_name]) if ref_name in by_name else None
-            got = [(pick(by_name[c]), c) for c in candidates if c in by_name and pick(by_name[c]) is not None]
+        for which, value_of in columns:
+            ref = value_of(ref_name) if ref_name in by_name else None
+            got = [(v, c) for c in candidates if c in by_name for v in [value_of(c)] if v is not None]
             check = {"which": which, "ok": None, "method": None, "value": None, "reference": ref, "margin": None}
             if got and ref is not None:
-                value, name = max(got, key=lambda t: t[0])
+                value, name = max(got, key=lambda t: t[0])  # a tie keeps the first candidate (Ours)
                 check.update(ok=value >= ref + margin, method=name, value=value, margin=value - ref)
             checks.append(check)
         out.append({"target": label, "checks": checks})
@@ -118,20 +120,14 @@ def check_targets(rows: List[Dict], kind: str) -> List[Dict]:
 
 
 def format_targets(targets: List[Dict]) -> str:
-    if not targets:
-        return ""
     cols = [c["which"] for c in targets[0]["checks"]]
     out = ["", "The paper's targets on APseg (the better of Ours and Ours+ where both count):", "",
            "| Target | " + " | ".join("mean" if c == "mean" else f"seed {c}" for c in cols) + " |",
            "|:---|" + "---|" * len(cols)]
     for t in targets:
-        cells = []
-        for c in t["checks"]:
-            if c["ok"] is None:
-                cells.append("-")
-            else:
-                cells.append(f"{'**yes**' if c['ok'] else '**no**'}: {c['method']} {c['value']:.2f} vs "
-                             f"{c['reference']:.2f} ({c['margin']:+.2f})")
+        cells = ["-" if c["ok"] is None else
+                 f"{'**yes**' if c['ok'] else '**no**'}: {c['method']} {c['value']:.2f} vs "
+                 f"{c['reference']:.2f} ({c['margin']:+.2f})" for c in t["checks"]]
         out.append(f"| {t['target']} | " + " | ".join(cells) + " |")
     return "\n".join(out) + "\n"
 
