@@ -112,24 +112,17 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     args = get_parser().parse_args(argv)
     from detectron2.data import DatasetCatalog, MetadataCatalog
 
-    from objguided_d2.comparison.runs import compare_order, resolve_dataset, run_name, write_report
+    from objguided_d2.comparison.runs import finished_runs, resolve_dataset, run_name, write_report
     from objguided_d2.evaluation.errors import ERROR_KINDS, error_breakdown, gt_neighbourhood
     from objguided_d2.evaluation.evaluator import gt_instances_from_dict
 
     try:
         dataset = resolve_dataset(args.dataset, args.dataset_name, args.split)
+        # the saved predictions, not the weights: archived runs have no model_final.pth
+        runs_dir, ids = finished_runs(args.compare_dir, args.methods, required=(RESULTS,),
+                                      hint="evaluate it with tools/compare.py first")
     except ValueError as e:
         sys.exit(str(e))
-    runs_dir = os.path.join(args.compare_dir, "runs")
-    if not os.path.isdir(runs_dir):
-        sys.exit(f"{runs_dir}: not a tools/compare.py output folder (no runs/)")
-    ids = args.methods or compare_order(
-        runs_dir, [d for d in os.listdir(runs_dir) if os.path.isfile(os.path.join(runs_dir, d, RESULTS))])
-    for m in ids:
-        if not os.path.isfile(os.path.join(runs_dir, m, RESULTS)):
-            sys.exit(f"{m}: {os.path.join(runs_dir, m, RESULTS)} not found (evaluate it with tools/compare.py first)")
-    if not ids:
-        sys.exit(f"{runs_dir}: no run with saved predictions ({RESULTS})")
 
     records = DatasetCatalog.get(dataset)
     meta = MetadataCatalog.get(dataset)

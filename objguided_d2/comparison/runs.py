@@ -42,25 +42,33 @@ def resolve_dataset(specs: Sequence[str], dataset_name: Optional[str], split: st
     return dataset
 
 
-def finished_runs(compare_dir: str, methods: Optional[Sequence[str]] = None) -> Tuple[str, List[str]]:
-    """``(DIR/runs, run ids)``: the given ids, or every run with a ``model_final.pth``.
+def finished_runs(compare_dir: str, methods: Optional[Sequence[str]] = None,
+                  required: Sequence[str] = ("config.yaml", "model_final.pth"),
+                  hint: str = "train it with tools/compare.py first") -> Tuple[str, List[str]]:
+    """``(DIR/runs, run ids)``: the given ids, or every run holding all the ``required`` files (by
+    default a trained model and its config; ``benchmarks/error_breakdown.py`` asks for the saved
+    predictions instead, which archived runs keep), in the comparison's order.
 
     Raises:
-        ValueError: ``compare_dir`` has no ``runs/`` folder, or a given run has no final model.
+        ValueError: ``compare_dir`` has no ``runs/`` folder, a given run lacks a required file
+            (the message ends with ``hint``), or no run has them all.
     """
     runs_dir = os.path.join(compare_dir, "runs")
     if not os.path.isdir(runs_dir):
         raise ValueError(f"{runs_dir}: not a tools/compare.py output folder (no runs/)")
+
+    def missing(run_id: str) -> List[str]:
+        return [p for p in (os.path.join(runs_dir, run_id, f) for f in required) if not os.path.isfile(p)]
+
     if methods:
         for m in methods:
-            for f in ("config.yaml", "model_final.pth"):
-                if not os.path.isfile(os.path.join(runs_dir, m, f)):
-                    raise ValueError(f"{m}: {os.path.join(runs_dir, m, f)} not found (train it with tools/compare.py first)")
+            absent = missing(m)
+            if absent:
+                raise ValueError(f"{m}: {absent[0]} not found ({hint})")
         return runs_dir, list(methods)
-    ids = compare_order(runs_dir, [d for d in os.listdir(runs_dir)
-                                   if os.path.isfile(os.path.join(runs_dir, d, "model_final.pth"))])
+    ids = compare_order(runs_dir, [d for d in os.listdir(runs_dir) if not missing(d)])
     if not ids:
-        raise ValueError(f"{runs_dir}: no finished run (model_final.pth)")
+        raise ValueError(f"{runs_dir}: no finished run (none has {', '.join(required)})")
     return runs_dir, ids
 
 

@@ -18,6 +18,14 @@ def test_finished_runs(tmp_path):
     assert finished_runs(str(tmp_path)) == (str(tmp_path / "runs"), ["b"])
     with pytest.raises(ValueError, match="a: .*config.yaml not found"):
         finished_runs(str(tmp_path), ["a"])
+    # a run with the model but no config is not finished: one rule for the listing and the check
+    (tmp_path / "runs" / "a" / "model_final.pth").write_bytes(b"x")
+    assert finished_runs(str(tmp_path))[1] == ["b"]
+    # other required files (error_breakdown: the saved predictions, which archived runs keep)
+    (tmp_path / "runs" / "a" / "preds.json").write_text("[]")
+    assert finished_runs(str(tmp_path), required=("preds.json",))[1] == ["a"]
+    with pytest.raises(ValueError, match=r"b: .*preds.json not found \(evaluate it\)"):
+        finished_runs(str(tmp_path), ["b"], required=("preds.json",), hint="evaluate it")
 
 
 def test_resolve_dataset():
@@ -61,4 +69,5 @@ def test_compare_order_follows_the_comparison_table(tmp_path):
     for rid in ("a", "b"):
         (runs / rid).mkdir()
         (runs / rid / "model_final.pth").write_bytes(b"x")
+        (runs / rid / "config.yaml").write_text("x")
     assert finished_runs(str(tmp_path))[1] == ["b", "a"]
