@@ -14,6 +14,7 @@ setup(
     license="MIT",
     python_requires=">=3.9",
     packages=find_packages(include=["objguided_d2", "objguided_d2.*"]),
+    package_data={"objguided_d2.napari": ["napari.yaml"]},  # the napari plugin's npe2 manifest
     install_requires=[
         "torch>=2.0",
         "torchvision>=0.15",
@@ -46,13 +47,16 @@ setup(
     extras_require={
         # C++ COCOeval (same numbers as pycocotools, much faster on crowded images); used when installed.
         "fast-eval": ["faster-coco-eval>=1.6"],
-        "test": ["pytest>=7", "hypothesis>=6", "faster-coco-eval>=1.6"],
+        "test": ["pytest>=7", "hypothesis>=6", "faster-coco-eval>=1.6", "pytest-qt>=4"],
+        # The napari plugin (docs/napari.md): widgets, sample data, writers.
+        "napari": ["napari>=0.5", "magicgui>=0.8", "npe2>=0.7", "PyQt5>=5.15", "pandas"],
     },
     entry_points={
         "console_scripts": [
             "objguided-train=objguided_d2.cli:train_main",
             "objguided-predict=objguided_d2.cli:predict_main",
             "objguided-compare=objguided_d2.cli:compare_main",
-        ]
+        ],
+        "napari.manifest": ["objguided-d2=objguided_d2.napari:napari.yaml"],
     },
 )

@@ -1,0 +1,155 @@
+"""Segment widget: the chosen image layer (every plane of a stack on its own) -> a Labels layer
+whose ``features`` are the ``objects.csv`` table. Runs in a worker thread, can be cancelled."""
+import weakref
+
+import numpy as np
+from magicgui.widgets import ComboBox, Container, Label, ProgressBar, PushButton, SpinBox
+from napari.layers import Image
+from napari.qt.threading import thread_worker
+from napari.utils.notifications import show_error, show_info
+
+from ._layers import bgr_planes, check_image, plane_name, spatial_shape, stack_labels
+from ._model_picker import ModelPicker, layer_choices
+from ._predict import default_tiling, segment_image
+from ._training import model_channels
+
+__all__ = ["SegmentWidget", "segment_widgets"]
+
+_OPEN = weakref.WeakSet()
+
+
+def segment_widgets(viewer):
+    """The open segment widgets of ``viewer`` (the training widget hands them its new model)."""
+    return [w for w in list(_OPEN) if w.viewer is viewer]
+
+
+class _Cancelled(Exception):
+    pass
+
+
+class SegmentWidget(Container):
+    def __init__(self, napari_viewer):
+        self.viewer = napari_viewer
+        self.image = ComboBox(label="image", choices=layer_choices(napari_viewer, Image))
+        self.model = ModelPicker()
+        self.tile_size = SpinBox(value=0, min=0, max=100000, label="tile size (0: model's)")
+        self.overlap = SpinBox(value=-1, min=-1, max=100000, label="overlap (-1: tile/4)")
+        self.run_button = PushButton(text="Segment")
+        self.cancel_button = PushButton(text="Cancel", enabled=False)
+        self.progress = ProgressBar(value=0, min=0, max=1, label="progress")
+        self.status = Label(value="")
+        super().__init__(widgets=[self.image, self.model, self.tile_size, self.overlap, self.run_button,
+                                  self.cancel_button, self.progress, self.status])
+        self.run_button.changed.connect(self.run)
+        self.cancel_button.changed.connect(self.cancel)
+        for ev in (napari_viewer.layers.events.inserted, napari_viewer.layers.events.removed):
+            ev.connect(lambda e=None: self.image.reset_choices())
+        self.worker = None
+        self._abort = False
+        _OPEN.add(self)
+
+    def _layer(self):
+        name = self.image.value
+        return self.viewer.layers[name] if name in self.viewer.layers else None
+
+    def run(self):
+        """Check the inputs (one-line notifications), then segment in a worker thread."""
+        if self.worker is not None:
+            return
+        layer = self._layer()
+        try:
+            check_image(layer)
+            want = model_channels(self.model.settings()["model_dir"])
+            have = "rgb" if layer.rgb else "gray"
+            if want and want != have:
+                raise ValueError(f"image layer '{layer.name}' is {have} but the model was trained on {want} images; "
+                                 "choose a model trained on images like this one")
+        except ValueError as e:
+            show_error(str(e))
+            return
+        self._abort = False
+        self.worker = self._work(layer.data, layer.rgb, layer.name)
+        self.worker.yielded.connect(self._on_progress)
+        self.worker.returned.connect(lambda r, lyr=layer: self._on_done(lyr, *r))
+        self.worker.errored.connect(self._on_error)
+        self.worker.finished.connect(self._on_finished)
+        self.run_button.enabled, self.cancel_button.enabled = False, True
+        self.status.value = "loading model..."
+        self.worker.start()
+
+    def cancel(self):
+        self._abort = True
+        if self.worker is not None:
+            self.worker.quit()
+
+    @thread_worker
+    def _work(self, data, rgb, name):
+        loaded = self.model.load()  # ModelError -> errored
+        tile, overlap = default_tiling(loaded, self.tile_size.value or None,
+                                       None if self.overlap.value < 0 else self.overlap.value)
+        images = bgr_planes(data, rgb)
+        per_plane, rows = [], []
+        yield 0, len(images)
+
+        def check_abort(tiles):  # between tiles, so a big image stops promptly
+            for t in tiles:
+                if self._abort:
+                    raise _Cancelled()
+                yield t
+
+        from objguided_d2.predict.writers import measure_objects
+
+        for k, img in enumerate(images):
+            labels, kept = segment_image(img, loaded, tile_size=tile, overlap=overlap, progress=check_abort)
+            per_plane.append((labels, kept))
+            yield k + 1, len(images)
+        lab, offsets = stack_labels([p[0] for p in per_plane], spatial_shape(data, rgb)[:-2])
+        for k, ((labels, kept), off) in enumerate(zip(per_plane, offsets)):
+            r, _ = measure_objects(labels, kept, image_name=plane_name(name, k, len(per_plane)), image_id=k + 1,
+                                   class_names=loaded.class_names, category_ids=loaded.category_ids)
+            for row in r:
+                row["id"] += off
+                row["index"], row["plane"] = row["id"], k
+            rows += r
+        return lab, rows
+
+    def _on_progress(self, p):
+        done, total = p
+        self.progress.max, self.progress.value = max(total, 1), done
+        self.status.value = f"plane {done}/{total}" if total > 1 else ("segmenting..." if not done else "done")
+
+    def _on_done(self, image_layer, labels, rows):
+        import pandas as pd
+
+        from objguided_d2.predict.writers import CSV_COLUMNS
+
+        cols = ["index", "plane"] + CSV_COLUMNS
+        feats = pd.DataFrame(rows, columns=cols) if rows else pd.DataFrame({c: [] for c in cols})
+        layer = self.viewer.add_labels(labels, name=f"{image_layer.name} objects", features=feats,
+                                       scale=image_layer.scale[-labels.ndim:],
+                                       translate=image_layer.translate[-labels.ndim:])
+        layer.metadata["objguided"] = {"image_layer": image_layer.name, "model": self.model.settings()}
+        n = len(rows)
+        self.status.value = f"{n} objects"
+        show_info(f"{image_layer.name}: {n} objects found")
+
+    def _on_error(self, e):
+        if isinstance(e, _Cancelled):
+            self.status.value = "cancelled"
+            return
+        from ._predict import ModelError
+
+        msg = str(e) if isinstance(e, (ModelError, ValueError, OSError)) else f"segmentation failed ({type(e).__name__}: {e})"
+        self.status.value = "failed"
+        show_error(msg)
+
+    def _on_finished(self):
+        if self._abort and self.status.value not in ("cancelled",) and not self.status.value.endswith("objects"):
+            self.status.value = "cancelled"
+        self.worker = None
+        self.run_button.enabled, self.cancel_button.enabled = True, False
+
+    def set_model_dir(self, path):
+        """Use the model folder ``path`` from now on (a fresh training run)."""
+        self.model.config_file.value, self.model.weights.value = "", ""
+        self.model.model_dir.value = path
