@@ -6,6 +6,7 @@ from magicgui.widgets import CheckBox, Container, FileEdit, Label, ProgressBar, 
 from napari.qt.threading import thread_worker
 from napari.utils.notifications import show_error, show_info, show_warning
 
+from ._layers import Failed
 from ._model_picker import ModelPicker, _path
 from ._predict import PredictOptions, predict_to_folder
 
@@ -60,7 +61,6 @@ class FolderWidget(Container):
         self.worker = self._work(src, out, opts)
         self.worker.yielded.connect(self._on_progress)
         self.worker.returned.connect(self._on_done)
-        self.worker.errored.connect(lambda e: (show_error(str(e)), setattr(self.status, "value", "failed")))
         self.worker.finished.connect(self._on_finished)
         self.run_button.enabled, self.cancel_button.enabled = False, True
         self.status.value = "loading model..."
@@ -69,11 +69,14 @@ class FolderWidget(Container):
     def cancel(self):
         self._stop = True  # predict_to_folder stops after the current image; its outputs stay
 
-    @thread_worker
+    @thread_worker(ignore_errors=True)  # failures come back as Failed
     def _work(self, src, out, opts):
         import queue
 
-        model = self.model.load()
+        try:
+            model = self.model.load()
+        except (ValueError, OSError, RuntimeError) as e:  # ModelError
+            return Failed(str(e))
         done = queue.SimpleQueue()
 
         def on_image(k, n, path):
@@ -99,7 +102,9 @@ class FolderWidget(Container):
             except queue.Empty:
                 yield None
         if "error" in result:
-            raise result["error"]
+            e = result["error"]
+            return Failed(str(e) if isinstance(e, (ValueError, OSError, RuntimeError)) else
+                          f"prediction failed ({type(e).__name__}: {e})")
         return result["summary"]
 
     def _on_progress(self, p):
@@ -110,6 +115,10 @@ class FolderWidget(Container):
         self.status.value = f"{k}/{n}: {os.path.basename(path)}"
 
     def _on_done(self, s):
+        if isinstance(s, Failed):
+            self.status.value = "failed"
+            show_error(s.message)
+            return
         self.summary = s
         msg = f"{s.images} images, {s.objects} objects in {s.seconds:.0f} s -> {_path(self.output_dir)}"
         self.status.value = msg

@@ -6,12 +6,20 @@ k-1's), so that napari shows the right table row for any object; ``features`` ha
 id with the ``objects.csv`` columns plus ``index`` (the label value, napari's key) and ``plane``.
 """
 from types import SimpleNamespace
-from typing import Dict, Iterator, List, Optional, Sequence
+from typing import Dict, Iterator, List, NamedTuple, Optional, Sequence
 
 import numpy as np
 
-__all__ = ["spatial_shape", "planes", "plane_name", "check_image", "check_labels", "bgr_planes",
+__all__ = ["Failed", "spatial_shape", "planes", "plane_name", "check_image", "check_labels", "bgr_planes",
            "stack_labels", "measure_rows"]
+
+
+class Failed(NamedTuple):
+    """What a worker returns when it fails, in one line. Returned, not raised: superqt's workers
+    swallow a RuntimeError (``ModelError`` is one) without ``finished``, and napari adds a
+    traceback notification for any other."""
+
+    message: str
 
 
 def spatial_shape(data, rgb: bool):

@@ -8,9 +8,9 @@ from napari.layers import Image
 from napari.qt.threading import thread_worker
 from napari.utils.notifications import show_error, show_info
 
-from ._layers import bgr_planes, check_image, plane_name, spatial_shape, stack_labels
+from ._layers import Failed, bgr_planes, check_image, plane_name, spatial_shape, stack_labels
 from ._model_picker import ModelPicker, layer_choices
-from ._predict import default_tiling, segment_image
+from ._predict import ModelError, default_tiling, segment_image
 from ._training import model_channels
 
 __all__ = ["SegmentWidget", "segment_widgets"]
@@ -70,8 +70,7 @@ class SegmentWidget(Container):
         self._abort = False
         self.worker = self._work(layer.data, layer.rgb, layer.name)
         self.worker.yielded.connect(self._on_progress)
-        self.worker.returned.connect(lambda r, lyr=layer: self._on_done(lyr, *r))
-        self.worker.errored.connect(self._on_error)
+        self.worker.returned.connect(lambda r, lyr=layer: self._on_done(lyr, r))
         self.worker.finished.connect(self._on_finished)
         self.run_button.enabled, self.cancel_button.enabled = False, True
         self.status.value = "loading model..."
@@ -82,9 +81,19 @@ class SegmentWidget(Container):
         if self.worker is not None:
             self.worker.quit()
 
-    @thread_worker
+    @thread_worker(ignore_errors=True)  # failures come back as Failed; napari reports anything else
     def _work(self, data, rgb, name):
-        loaded = self.model.load()  # ModelError -> errored
+        try:
+            return (yield from self._segment(data, rgb, name))
+        except _Cancelled:
+            return None
+        except (ModelError, ValueError, OSError) as e:
+            return Failed(str(e))
+        except Exception as e:
+            return Failed(f"segmentation failed ({type(e).__name__}: {e})")
+
+    def _segment(self, data, rgb, name):
+        loaded = self.model.load()
         tile, overlap = default_tiling(loaded, self.tile_size.value or None,
                                        None if self.overlap.value < 0 else self.overlap.value)
         images = bgr_planes(data, rgb)
@@ -118,11 +127,17 @@ class SegmentWidget(Container):
         self.progress.max, self.progress.value = max(total, 1), done
         self.status.value = f"plane {done}/{total}" if total > 1 else ("segmenting..." if not done else "done")
 
-    def _on_done(self, image_layer, labels, rows):
+    def _on_done(self, image_layer, result):
         import pandas as pd
 
         from objguided_d2.predict.writers import CSV_COLUMNS
 
+        if result is None or isinstance(result, Failed):
+            self.status.value = "cancelled" if result is None else "failed"
+            if result is not None:
+                show_error(result.message)
+            return
+        labels, rows = result
         cols = ["index", "plane"] + CSV_COLUMNS
         feats = pd.DataFrame(rows, columns=cols) if rows else pd.DataFrame({c: [] for c in cols})
         layer = self.viewer.add_labels(labels, name=f"{image_layer.name} objects", features=feats,
@@ -132,16 +147,6 @@ class SegmentWidget(Container):
         n = len(rows)
         self.status.value = f"{n} objects"
         show_info(f"{image_layer.name}: {n} objects found")
-
-    def _on_error(self, e):
-        if isinstance(e, _Cancelled):
-            self.status.value = "cancelled"
-            return
-        from ._predict import ModelError
-
-        msg = str(e) if isinstance(e, (ModelError, ValueError, OSError)) else f"segmentation failed ({type(e).__name__}: {e})"
-        self.status.value = "failed"
-        show_error(msg)
 
     def _on_finished(self):
         if self._abort and self.status.value not in ("cancelled",) and not self.status.value.endswith("objects"):

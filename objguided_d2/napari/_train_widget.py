@@ -10,6 +10,7 @@ from napari.layers import Image, Labels
 from napari.qt.threading import thread_worker
 from napari.utils.notifications import show_error, show_info
 
+from ._layers import Failed
 from ._model_picker import _path, layer_choices
 from ._training import TrainingRun, add_to_training_set
 
@@ -21,7 +22,7 @@ class TrainWidget(Container):
         self.viewer = napari_viewer
         self.training_set = FileEdit(mode="d", label="training set folder", value="")
         self.image = ComboBox(label="image", choices=layer_choices(napari_viewer, Image))
-        self.labels = ComboBox(label="labels", choices=layer_choices(napari_viewer, Labels))
+        self.labels_layer = ComboBox(label="labels", choices=layer_choices(napari_viewer, Labels))
         self.add_button = PushButton(text="Add to training set")
         self.base_model = FileEdit(mode="d", label="fine-tune model (empty: segment widget's)", value="")
         self.scratch = CheckBox(value=False, text="train the tiny model from scratch instead")
@@ -32,9 +33,9 @@ class TrainWidget(Container):
         self.cancel_button = PushButton(text="Cancel", enabled=False)
         self.progress = ProgressBar(value=0, min=0, max=1, label="iterations")
         self.status = Label(value="")
-        self.name = LineEdit(label="name (empty: image layer's)", value="")
+        self.sample_name = LineEdit(label="name (empty: image layer's)", value="")
         super().__init__(widgets=[
-            Label(value="<b>Training set</b>"), self.training_set, self.image, self.labels, self.name,
+            Label(value="<b>Training set</b>"), self.training_set, self.image, self.labels_layer, self.sample_name,
             self.add_button, Label(value="<b>Train</b>"), self.base_model, self.scratch, self.iterations,
             self.device, self.output_dir, self.train_button, self.cancel_button, self.progress, self.status])
         for ev in (napari_viewer.layers.events.inserted, napari_viewer.layers.events.removed):
@@ -50,7 +51,7 @@ class TrainWidget(Container):
         """Write the image and labels layers into the training set; a notification says what happened."""
         folder = _path(self.training_set)
         img = self.viewer.layers[self.image.value] if self.image.value in self.viewer.layers else None
-        lab = self.viewer.layers[self.labels.value] if self.labels.value in self.viewer.layers else None
+        lab = self.viewer.layers[self.labels_layer.value] if self.labels_layer.value in self.viewer.layers else None
         try:
             if not folder:
                 raise ValueError("choose a training set folder (a new or existing one)")
@@ -58,7 +59,7 @@ class TrainWidget(Container):
                 raise ValueError("no image layer: open an image (or File > Open Sample) first")
             if lab is None:
                 raise ValueError("no labels layer: segment the image or add a labels layer and paint the objects")
-            name = self.name.value.strip() or img.name
+            name = self.sample_name.value.strip() or img.name
             if not name or any(c in name for c in '/\\:*?"<>|') or name.startswith("."):
                 raise ValueError(f"name {name!r}: use letters, digits, '-' and '_' only")
             written = add_to_training_set(folder, name, np.asarray(img.data), img.rgb, np.asarray(lab.data))
@@ -109,7 +110,6 @@ class TrainWidget(Container):
         self.worker = self._watch(self.run_)
         self.worker.yielded.connect(self._on_progress)
         self.worker.returned.connect(self._on_done)
-        self.worker.errored.connect(lambda e: (show_error(str(e)), setattr(self.status, "value", "failed")))
         self.worker.finished.connect(self._on_finished)
         self.train_button.enabled, self.cancel_button.enabled = False, True
         self.worker.start()
@@ -121,7 +121,7 @@ class TrainWidget(Container):
         if self.worker is not None:
             self.worker.quit()
 
-    @thread_worker
+    @thread_worker(ignore_errors=True)  # failures come back as Failed
     def _watch(self, run):
         try:
             while run.running:
@@ -130,7 +130,10 @@ class TrainWidget(Container):
         finally:  # quit() or an error here: the subprocess must not outlive the widget's say
             run.cancel()
         yield run.poll()
-        return run.finish()
+        try:
+            return run.finish()
+        except (RuntimeError, OSError) as e:
+            return Failed(str(e))
 
     def _on_progress(self, p):
         self.progress.max, self.progress.value = p.max_iter, max(p.iteration, 0)
@@ -143,6 +146,10 @@ class TrainWidget(Container):
     def _on_done(self, model_dir):
         from ._segment import segment_widgets
 
+        if isinstance(model_dir, Failed):
+            self.status.value = "failed"
+            show_error(model_dir.message)
+            return
         self.model_dir = model_dir
         for w in segment_widgets(self.viewer):
             w.set_model_dir(model_dir)

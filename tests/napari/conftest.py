@@ -48,18 +48,33 @@ def notes():
     return Notes()
 
 
+# A tiny Mask R-CNN with random weights finds objects at a low score threshold (a random
+# objguided model finds none); any Detectron2 instance-segmentation config is a valid model.
+TINY = [
+    "MODEL.WEIGHTS", "", "MODEL.DEVICE", "cpu", "MODEL.RESNETS.DEPTH", "18", "MODEL.RESNETS.RES2_OUT_CHANNELS", "64",
+    "MODEL.RESNETS.NORM", "BN", "MODEL.FPN.OUT_CHANNELS", "32", "MODEL.ROI_HEADS.NUM_CLASSES", "1",
+    "MODEL.ROI_BOX_HEAD.FC_DIM", "64", "MODEL.ROI_MASK_HEAD.CONV_DIM", "32", "MODEL.ROI_MASK_HEAD.NUM_CONV", "1",
+    "MODEL.RPN.PRE_NMS_TOPK_TEST", "200", "MODEL.RPN.POST_NMS_TOPK_TEST", "40", "TEST.DETECTIONS_PER_IMAGE", "20",
+    "INPUT.MIN_SIZE_TEST", "256", "INPUT.MAX_SIZE_TEST", "256",
+]
+
+
 @pytest.fixture(scope="session")
 def model_dir(tmp_path_factory):
-    """A tools/train_net.py-like folder with the tiny objguided config and random weights."""
+    """A tools/train_net.py-like folder (config.yaml + model_final.pth + last_checkpoint)."""
     import torch
+    from detectron2 import model_zoo
     from detectron2.checkpoint import DetectionCheckpointer
+    from detectron2.config import get_cfg
     from detectron2.modeling import build_model
 
-    import objguided_d2  # noqa: F401
-    from objguided_d2.config import load_config
+    from objguided_d2 import add_objguided_config
 
     d = tmp_path_factory.mktemp("model")
-    cfg = load_config(os.path.join(ROOT, "configs", "tiny", "objguided_R18_tiny.yaml"), ["MODEL.DEVICE", "cpu"])
+    cfg = get_cfg()
+    add_objguided_config(cfg)
+    cfg.merge_from_file(model_zoo.get_config_file("COCO-InstanceSegmentation/mask_rcnn_R_50_FPN_1x.yaml"))
+    cfg.merge_from_list(TINY)
     torch.manual_seed(0)
     DetectionCheckpointer(build_model(cfg), str(d)).save("model_final")
     (d / "config.yaml").write_text(cfg.dump())
