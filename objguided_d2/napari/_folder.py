@@ -16,9 +16,9 @@ __all__ = ["FolderWidget"]
 class FolderWidget(Container):
     def __init__(self, napari_viewer):
         self.viewer = napari_viewer
-        self.input_dir = FileEdit(mode="d", label="image folder", value="")
+        self.input_dir = FileEdit(mode="d", label="image folder", nullable=True)
         self.recursive = CheckBox(value=False, text="include sub-folders")
-        self.output_dir = FileEdit(mode="d", label="output folder (new)", value="")
+        self.output_dir = FileEdit(mode="d", label="output folder (new)", nullable=True)
         self.model = ModelPicker()
         self.tile_size = SpinBox(value=0, min=0, max=100000, label="tile size (0: model's)")
         self.overlap = SpinBox(value=-1, min=-1, max=100000, label="overlap (-1: tile/4)")

@@ -17,7 +17,7 @@ def layer_choices(viewer, kind):
 
 
 def _path(edit: FileEdit) -> Optional[str]:
-    v = str(edit.value) if edit.value is not None else ""
+    v = "" if edit.value is None else str(edit.value)
     return v if v not in ("", ".") else None
 
 
@@ -25,9 +25,9 @@ class ModelPicker(Container):
     """Model folder (a ``train_net.py`` output) or config + weights, device, thresholds, diameter."""
 
     def __init__(self):
-        self.model_dir = FileEdit(mode="d", label="model folder", value="")
-        self.config_file = FileEdit(mode="r", label="or config", filter="*.yaml", value="")
-        self.weights = FileEdit(mode="r", label="weights", filter="*.pth", value="")
+        self.model_dir = FileEdit(mode="d", label="model folder", nullable=True)
+        self.config_file = FileEdit(mode="r", label="or config", filter="*.yaml", nullable=True)
+        self.weights = FileEdit(mode="r", label="weights", filter="*.pth", nullable=True)
         self.device = ComboBox(choices=["cpu", "cuda"], value="cpu", label="device")
         self.score_thresh = FloatSpinBox(value=0.0, min=0.0, max=1.0, step=0.05, label="score thresh (0: model's)")
         self.mask_thresh = FloatSpinBox(value=0.0, min=0.0, max=1.0, step=0.05, label="mask thresh (0: model's)")

@@ -156,5 +156,5 @@ class SegmentWidget(Container):
 
     def set_model_dir(self, path):
         """Use the model folder ``path`` from now on (a fresh training run)."""
-        self.model.config_file.value, self.model.weights.value = "", ""
+        self.model.config_file.value, self.model.weights.value = None, None
         self.model.model_dir.value = path

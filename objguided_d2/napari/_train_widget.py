@@ -20,20 +20,20 @@ __all__ = ["TrainWidget"]
 class TrainWidget(Container):
     def __init__(self, napari_viewer):
         self.viewer = napari_viewer
-        self.training_set = FileEdit(mode="d", label="training set folder", value="")
+        self.training_set = FileEdit(mode="d", label="training set folder", nullable=True)
         self.image = ComboBox(label="image", choices=layer_choices(napari_viewer, Image))
         self.labels_layer = ComboBox(label="labels", choices=layer_choices(napari_viewer, Labels))
         self.add_button = PushButton(text="Add to training set")
-        self.base_model = FileEdit(mode="d", label="fine-tune model (empty: segment widget's)", value="")
+        self.base_model = FileEdit(mode="d", label="fine-tune model (empty: segment widget's)", nullable=True)
         self.scratch = CheckBox(value=False, text="train the tiny model from scratch instead")
         self.iterations = SpinBox(value=100, min=1, max=100000, label="iterations")
         self.device = ComboBox(choices=["cpu", "cuda"], value="cpu", label="device")
-        self.output_dir = FileEdit(mode="d", label="new model folder (empty: automatic)", value="")
+        self.output_dir = FileEdit(mode="d", label="new model folder (empty: automatic)", nullable=True)
         self.train_button = PushButton(text="Train")
         self.cancel_button = PushButton(text="Cancel", enabled=False)
         self.progress = ProgressBar(value=0, min=0, max=1, label="iterations")
         self.status = Label(value="")
-        self.sample_name = LineEdit(label="name (empty: image layer's)", value="")
+        self.sample_name = LineEdit(label="name (empty: image layer's)", nullable=True)
         super().__init__(widgets=[
             Label(value="<b>Training set</b>"), self.training_set, self.image, self.labels_layer, self.sample_name,
             self.add_button, Label(value="<b>Train</b>"), self.base_model, self.scratch, self.iterations,
