@@ -123,13 +123,13 @@ def add_objguided_config(cfg: CN) -> CN:
     # Segmentation (BCE) loss weight.
     og.SEG_LOSS_WEIGHT = 2.0
     # Training: segment at most this many GT instances per image (random sample; 0 = all). Caps
-    # the per-ROI loop's time and memory on crowded images.
+    # the segmentation branch's time and memory on crowded images.
     # Default 500: never triggers on the paper's datasets (<= ~375 nuclei per image) but bounds
     # time and memory on pathological images with thousands of objects.
     og.MAX_TRAIN_INSTANCES = 500
-    # Segment all ROIs at once on one zero-separated canvas per level (per-ROI InstanceNorm; same
-    # results as the paper's one-ROI-at-a-time loop, which False selects as the reference). Speed only.
-    og.BATCHED_SEG = True
+    # Gone: the segmentation branch has one implementation (all ROIs on packed canvases). Config
+    # files written before (every run folder's config.yaml) still load; the key is ignored.
+    cfg.register_deprecated_key("MODEL.OBJGUIDED.BATCHED_SEG")
 
     # ------------------------------------------ auxiliary point refinement (method card §4)
     # Train with the auxiliary refinement loss; False gives "Ours w/o refine".

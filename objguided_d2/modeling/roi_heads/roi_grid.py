@@ -1,5 +1,6 @@
-"""The ROI grid (method card §3, §5): the one place of its geometry. Both segmentation paths (the
-one-ROI loop and the packed canvases), the GT-mask sampling and the refinement points use it.
+"""The ROI grid (method card §3, §5): the one place of its geometry. The packed-canvas crops
+(:mod:`.canvas_ops`), the GT-mask sampling, the refinement points and the pasting use it; the
+settings (strides, enlargement, minimum size) are given once, to :class:`~.roi_pooler.ROIGridPooler`.
 
 Pixel-coordinate convention (Detectron2's, used for every box here): input pixel (y, x) covers
 [x, x + 1) x [y, y + 1) and has its centre at (x + 0.5, y + 0.5). A feature cell i at stride s
@@ -23,7 +24,6 @@ Shapes: R ROIs, L levels, C channels, (H, W) map size, (h, w) ROI size.
 from typing import Callable, List, Sequence, Tuple, Union
 
 import torch
-import torch.nn.functional as F
 
 __all__ = [
     "check_boxes",
@@ -35,8 +35,6 @@ __all__ = [
     "border_index",
     "linear_taps",
     "bilinear_read",
-    "crop_roi",
-    "crop_mask_roi",
 ]
 
 # ROI sizes are int(enlarge * side / stride); boxes arrive as float32 XYXY, so side lengths carry
@@ -50,7 +48,7 @@ def check_boxes(boxes: torch.Tensor, name: str = "boxes") -> None:
         raise ValueError(f"{name}: expected an (R, 4) XYXY tensor, got shape {tuple(boxes.shape)}")
 
 
-def enlarge_boxes(boxes: torch.Tensor, enlarge: float = 1.1) -> torch.Tensor:
+def enlarge_boxes(boxes: torch.Tensor, enlarge: float) -> torch.Tensor:
     """
     Args:
         boxes: (R, 4) XYXY, input pixels.
@@ -66,7 +64,7 @@ def enlarge_boxes(boxes: torch.Tensor, enlarge: float = 1.1) -> torch.Tensor:
 
 def grow_boxes_at_touched_borders(
     boxes: torch.Tensor, probs: Sequence[torch.Tensor], threshold: float, expand: float,
-    image_size: Tuple[int, int], enlarge: float = 1.0,
+    image_size: Tuple[int, int], enlarge: float,
 ) -> Tuple[torch.Tensor, torch.Tensor]:
     """A box too small for its object truncates the mask. Each side of a box whose mask
     (``p >= threshold``) reaches into the ROI's margin on that side moves out by ``expand`` times
@@ -111,8 +109,8 @@ def grow_boxes_at_touched_borders(
 def roi_level_sizes(
     boxes: torch.Tensor,
     strides: Sequence[int],
-    enlarge: float = 1.1,
-    min_size: int = 2,
+    enlarge: float,
+    min_size: int,
 ) -> List[List[Tuple[int, int]]]:
     """ROI size (h, w) of each box at each level, level 0 first.
 
@@ -185,70 +183,3 @@ def bilinear_read(tap: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], x_t
     y0, y1, wy0, wy1 = y_taps
     return (wy0 * (wx0 * tap(y0, x0) + wx1 * tap(y0, x1))
             + wy1 * (wx0 * tap(y1, x0) + wx1 * tap(y1, x1)))
-
-
-def crop_roi(
-    feature: torch.Tensor,
-    box: torch.Tensor,
-    out_hw: Tuple[int, int],
-    stride: float,
-    *,
-    enlarge: float = 1.1,
-    batch_index: int = 0,
-) -> torch.Tensor:
-    """Bilinearly sample a feature map on the ROI grid of ``box`` (see the module docstring).
-
-    Args:
-        feature: (N, C, H, W) or (C, H, W) map at ``stride`` (input pixels per cell).
-        box: (4,) XYXY, input pixels, *before* enlargement.
-        out_hw: (h, w) ROI size, both >= 1.
-        stride: the map's stride.
-        enlarge: box enlargement about its centre.
-        batch_index: which image of an (N, C, H, W) map.
-    Returns:
-        (C, h, w), differentiable w.r.t. ``feature``.
-    """
-    if feature.ndim == 3:
-        feature = feature[None]
-    if feature.ndim != 4:
-        raise ValueError(f"crop_roi: feature must be (N, C, H, W), got {tuple(feature.shape)}")
-    if not 0 <= batch_index < feature.shape[0]:
-        raise ValueError(f"crop_roi: batch_index {batch_index} out of range for {feature.shape[0]} images")
-    h, w = int(out_hw[0]), int(out_hw[1])
-    if h < 1 or w < 1:
-        raise ValueError(f"crop_roi: out_hw must be positive, got {out_hw}")
-    box = torch.as_tensor(box, dtype=torch.float64).reshape(1, 4)
-    x0, y0, x1, y1 = enlarge_boxes(box, enlarge)[0].tolist()
-    fh, fw = feature.shape[-2:]
-
-    def axis(lo, hi, n, extent):
-        j = torch.arange(n, device=feature.device, dtype=torch.float64)
-        g, inside = feature_grid(grid_positions(lo, hi, j, torch.tensor(n)), extent)
-        return g.to(feature.dtype), inside
-
-    gx, in_x = axis(x0, x1, w, stride * fw)
-    gy, in_y = axis(y0, y1, h, stride * fh)
-    grid = torch.stack([gx[None, :].expand(h, w), gy[:, None].expand(h, w)], dim=-1)
-    out = F.grid_sample(
-        feature[batch_index : batch_index + 1], grid[None], mode="bilinear",
-        padding_mode="border", align_corners=False,
-    )[0]
-    inside = (in_y[:, None] & in_x[None, :]).to(out.dtype)
-    return out * inside
-
-
-def crop_mask_roi(
-    mask: torch.Tensor, box: torch.Tensor, out_hw: Tuple[int, int], *, enlarge: float = 1.1
-) -> torch.Tensor:
-    """Sample a ground-truth mask on the same ROI grid as :func:`crop_roi` (soft at edges).
-
-    Args:
-        mask: (H, W) bool/uint8/float bitmask at input resolution (stride 1).
-        box: (4,) XYXY, input pixels, before enlargement.
-        out_hw: (h, w) level-0 ROI size.
-    Returns:
-        (h, w) float in [0, 1].
-    """
-    if mask.ndim != 2:
-        raise ValueError(f"crop_mask_roi: mask must be (H, W), got {tuple(mask.shape)}")
-    return crop_roi(mask[None].float(), box, out_hw, 1, enlarge=enlarge)[0]
