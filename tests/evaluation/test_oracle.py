@@ -141,7 +141,7 @@ def test_perturb_boxes_seeded_clipped_and_empty():
     assert not torch.equal(a, perturb_boxes(_BOXES, 1.3, 0.2, _gen(6), (80, 100)))
     # the whole-image box scaled up is clipped to (H, W) = (80, 100)
     torch.testing.assert_close(perturb_boxes(_BOXES[2:], 1.5, 0.0, _gen(), (80, 100)), _BOXES[2:])
-    assert (a[:, 0::2] >= 0).all() and (a[:, 0::2] <= 100).all() and (a[:, 1::2] >= 0).all() and (a[:, 1::2] <= 80).all()
+    assert (a >= 0).all() and (a[:, 0::2] <= 100).all() and (a[:, 1::2] <= 80).all()
     assert perturb_boxes(torch.zeros(0, 4), 0.8, 0.1, _gen(), (80, 100)).shape == (0, 4)
     with pytest.raises(ValueError, match="scale must be"):
         perturb_boxes(_BOXES, 0.0, 0.0, _gen(), (80, 100))
