@@ -18,3 +18,8 @@ def test_empty_and_missing_folders(tmp_path):
         convert_to_coco("dsb2018", str(root / "labels"))
     with pytest.raises(DataError, match="no CVPPP"):
         convert_to_coco("cvppp", str(root))
+
+
+def test_unknown_format_names_the_known_ones(tmp_path):
+    with pytest.raises(ValueError, match=r"unknown format 'tiff'; expected one of \('labelfolder', 'dsb2018', 'cvppp'\)"):
+        convert_to_coco("tiff", str(tmp_path))
