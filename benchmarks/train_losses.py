@@ -23,7 +23,7 @@ def make_batches(num_images: int, size: int, per_batch: int, seed: int):
     import torch
     from detectron2.structures import BitMasks, Boxes, Instances
 
-    from objguided_d2.data.synthetic import render_sample
+    from objguided_d2.data.datasets.synthetic import render_sample
 
     inputs = []
     for k in range(num_images):
