@@ -30,6 +30,7 @@ from detectron2.data import detection_utils as utils
 from detectron2.data import transforms as T
 from detectron2.structures import Boxes, Instances
 
+from ..modeling.roi_heads.roi_grid import scale_shift_boxes
 from .errors import error_breakdown
 from .evaluator import _segmentation_to_rle, gt_instances_from_dict
 from .paper_ap import ImageInstances, mask_iou
@@ -69,16 +70,10 @@ def perturb_boxes(boxes: torch.Tensor, scale: float, shift: float, generator: to
         raise ValueError(f"perturb_boxes: scale must be a finite number > 0, got {scale}")
     if not shift >= 0 or not math.isfinite(shift):
         raise ValueError(f"perturb_boxes: shift must be a finite number >= 0, got {shift}")
-    b = boxes.reshape(-1, 4).to(torch.float64)
+    b = boxes.reshape(-1, 4)
     angle = torch.rand(len(b), generator=generator, dtype=torch.float64) * (2 * math.pi)
-    size = b[:, 2:] - b[:, :2]
-    centre = (b[:, :2] + b[:, 2:]) / 2 + shift * size * torch.stack([angle.cos(), angle.sin()], dim=1)
-    half = size * (scale / 2)
-    out = torch.cat([centre - half, centre + half], dim=1)
-    h, w = image_size
-    out[:, 0::2] = out[:, 0::2].clamp(0, w)
-    out[:, 1::2] = out[:, 1::2].clamp(0, h)
-    return out.to(boxes.dtype)
+    direction = torch.stack([angle.cos(), angle.sin()], dim=1)
+    return scale_shift_boxes(b, torch.tensor(float(scale)), shift * direction, image_size)
 
 
 def _network_input(record: Dict, resize, input_format: str):

@@ -29,6 +29,8 @@ __all__ = [
     "check_boxes",
     "enlarge_boxes",
     "grow_boxes_at_touched_borders",
+    "scale_shift_boxes",
+    "mask_boxes",
     "roi_level_sizes",
     "grid_positions",
     "feature_grid",
@@ -104,6 +106,65 @@ def grow_boxes_at_touched_borders(
     grown[:, 0::2] = grown[:, 0::2].clamp(0, w)
     grown[:, 1::2] = grown[:, 1::2].clamp(0, h)
     return grown, (grown - boxes).abs().amax(dim=1) > 1e-6
+
+
+def scale_shift_boxes(boxes: torch.Tensor, scale: torch.Tensor, shift: torch.Tensor,
+                      image_size: Tuple[int, int]) -> torch.Tensor:
+    """Boxes as wrong as a detector's: each side scaled about the box's centre, the centre moved
+    by a fraction of the side, clipped to the image.
+
+    Args:
+        boxes: (R, 4) XYXY, input pixels.
+        scale: (R, 2) factors of width and height (> 0), or a broadcastable scalar tensor.
+        shift: (R, 2) centre displacement along x and y, in box widths / heights.
+        image_size: (H, W).
+    Returns:
+        (R, 4) XYXY, same dtype (computed in float64).
+    """
+    check_boxes(boxes)
+    b = boxes.double()
+    size = b[:, 2:] - b[:, :2]
+    centre = (b[:, :2] + b[:, 2:]) / 2 + shift.double() * size
+    half = size * scale.double() / 2
+    out = torch.cat([centre - half, centre + half], dim=1)
+    h, w = image_size
+    out[:, 0::2] = out[:, 0::2].clamp(0, w)
+    out[:, 1::2] = out[:, 1::2].clamp(0, h)
+    return out.to(boxes.dtype)
+
+
+def mask_boxes(boxes: torch.Tensor, probs: Sequence[torch.Tensor], threshold: float,
+               enlarge: float) -> Tuple[torch.Tensor, torch.Tensor]:
+    """The box of each predicted mask (``p >= threshold``), in input pixels: the ROI map's samples
+    lie on the grid spanning the enlarged box (:func:`grid_positions`), each covering one grid
+    step around it.
+
+    Args:
+        boxes: (R, 4) XYXY the maps were segmented from (before enlargement).
+        probs: R (h_r, w_r) mask probability maps.
+    Returns:
+        (R, 4) mask boxes (the input box where the mask is empty) and (R,) bool: mask not empty.
+    """
+    if len(probs) != len(boxes):
+        raise ValueError(f"mask_boxes: {len(boxes)} boxes but {len(probs)} maps")
+    out = boxes.clone()
+    found = torch.zeros(len(boxes), dtype=torch.bool, device=boxes.device)
+    eb = enlarge_boxes(boxes.double(), enlarge)
+    for r, m in enumerate(probs):
+        on = m >= threshold
+        rows, cols = on.any(dim=1).nonzero().flatten(), on.any(dim=0).nonzero().flatten()
+        if not len(rows):
+            continue
+        h, w = m.shape
+        step_x = (eb[r, 2] - eb[r, 0]) / max(w - 1, 1)
+        step_y = (eb[r, 3] - eb[r, 1]) / max(h - 1, 1)
+        x0 = eb[r, 0] + step_x * (int(cols[0]) - 0.5)
+        x1 = eb[r, 0] + step_x * (int(cols[-1]) + 0.5)
+        y0 = eb[r, 1] + step_y * (int(rows[0]) - 0.5)
+        y1 = eb[r, 1] + step_y * (int(rows[-1]) + 0.5)
+        out[r] = torch.stack([x0, y0, x1, y1]).to(boxes.dtype)
+        found[r] = True
+    return out, found
 
 
 def roi_level_sizes(

@@ -9,7 +9,7 @@ from typing import List, Sequence, Tuple
 import torch
 
 from .canvas_ops import PackedROIs, crop_masks_at_pixels, crop_packed_rois
-from .roi_grid import enlarge_boxes, grow_boxes_at_touched_borders, roi_level_sizes
+from .roi_grid import enlarge_boxes, grow_boxes_at_touched_borders, mask_boxes, roi_level_sizes
 
 __all__ = ["ROIGridPooler"]
 
@@ -81,3 +81,7 @@ class ROIGridPooler:
                                 threshold: float, expand: float, image_size: Tuple[int, int]):
         """:func:`~.roi_grid.grow_boxes_at_touched_borders` with this grid's enlargement."""
         return grow_boxes_at_touched_borders(boxes, probs, threshold, expand, image_size, self.enlarge)
+
+    def mask_boxes(self, boxes: torch.Tensor, probs: Sequence[torch.Tensor], threshold: float):
+        """:func:`~.roi_grid.mask_boxes` with this grid's enlargement."""
+        return mask_boxes(boxes, probs, threshold, self.enlarge)
