@@ -17,7 +17,7 @@ Mask R-CNN only), peak memory, each also as a ratio to Mask R-CNN of the same ru
 
     python benchmarks/bench_speed.py                    # quick (a few minutes on 2 CPU cores)
     python benchmarks/bench_speed.py --full             # 10/50/200/500 objects, all models
-    python benchmarks/bench_speed.py --objects 50 200 --models ours ours_loop --repeats 5
+    python benchmarks/bench_speed.py --objects 50 200 --models ours ours_fast --repeats 5
 """
 import argparse
 import json
@@ -36,16 +36,15 @@ sys.path.insert(0, ROOT)
 
 # name -> (config file, extra opts)
 MODELS: Dict[str, tuple] = {
-    "ours": ("configs/Base-ObjGuided.yaml", ["MODEL.OBJGUIDED.BATCHED_SEG", "True"]),
-    "ours_loop": ("configs/Base-ObjGuided.yaml", ["MODEL.OBJGUIDED.BATCHED_SEG", "False"]),
+    "ours": ("configs/Base-ObjGuided.yaml", []),
     "ours_fast": ("configs/fast/objguided_R18_fast.yaml", []),
     "ours_fast34": ("configs/fast/objguided_R34_fast.yaml", []),
     "mask_rcnn": ("configs/Base-MaskRCNN-FPN.yaml", []),
     "pointrend": ("configs/Base-PointRend-FPN.yaml", []),
 }
-QUICK = dict(objects=[10, 200], models=["ours", "ours_loop", "ours_fast", "mask_rcnn", "pointrend"],
+QUICK = dict(objects=[10, 200], models=["ours", "ours_fast", "mask_rcnn", "pointrend"],
              repeats=2, warmup=1, train_objects=[50])
-FULL = dict(objects=[10, 50, 200, 500], models=["ours", "ours_loop", "ours_fast", "ours_fast34",
+FULL = dict(objects=[10, 50, 200, 500], models=["ours", "ours_fast", "ours_fast34",
                                                  "mask_rcnn", "pointrend"],
             repeats=5, warmup=2, train_objects=[50, 200])
 

@@ -55,8 +55,8 @@ def main(argv=None):
     args = ap.parse_args(argv)
     import cv2
 
+    from objguided_d2.data.datasets.synthetic import render_sample
     from objguided_d2.data.object_size import read_size_stats, write_size_stats
-    from objguided_d2.data.synthetic import render_sample
     from objguided_d2.predict.predictor import InstancePredictor, load_config, resolve_model_dir
     from objguided_d2.predict.size import diameter_scale
     from objguided_d2.predict.tiling import predict_tiled

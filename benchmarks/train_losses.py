@@ -4,7 +4,7 @@ tiny in-memory synthetic dataset and print every loss of every iteration (full p
 that the same command run before and after a change shows whether training is unchanged.
 
     OMP_NUM_THREADS=1 python benchmarks/train_losses.py                       # tiny config, 50 its
-    OMP_NUM_THREADS=1 python benchmarks/train_losses.py --opts MODEL.OBJGUIDED.BATCHED_SEG False
+    OMP_NUM_THREADS=1 python benchmarks/train_losses.py --opts MODEL.OBJGUIDED.REFINE_ON False
 
 One torch thread (bitwise-reproducible CPU kernels), no data loader, no augmentation: the batches
 are fixed synthetic nuclei images (``render_sample``) cycled in order; the optimizer is the
@@ -23,7 +23,7 @@ def make_batches(num_images: int, size: int, per_batch: int, seed: int):
     import torch
     from detectron2.structures import BitMasks, Boxes, Instances
 
-    from objguided_d2.data.synthetic import render_sample
+    from objguided_d2.data.datasets.synthetic import render_sample
 
     inputs = []
     for k in range(num_images):

@@ -123,13 +123,26 @@ def add_objguided_config(cfg: CN) -> CN:
     # Segmentation (BCE) loss weight.
     og.SEG_LOSS_WEIGHT = 2.0
     # Training: segment at most this many GT instances per image (random sample; 0 = all). Caps
-    # the per-ROI loop's time and memory on crowded images.
+    # the segmentation branch's time and memory on crowded images.
     # Default 500: never triggers on the paper's datasets (<= ~375 nuclei per image) but bounds
     # time and memory on pathological images with thousands of objects.
     og.MAX_TRAIN_INSTANCES = 500
-    # Segment all ROIs at once on one zero-separated canvas per level (per-ROI InstanceNorm; same
-    # results as the paper's one-ROI-at-a-time loop, which False selects as the reference). Speed only.
-    og.BATCHED_SEG = True
+    # Gone: the segmentation branch has one implementation (all ROIs on packed canvases). Config
+    # files written before (every run folder's config.yaml) still load; the key is ignored.
+    cfg.register_deprecated_key("MODEL.OBJGUIDED.BATCHED_SEG")
+    # Beyond the paper (off by default): train the segmentation branch on boxes like the
+    # detector's, not only on exact GT boxes (modeling/roi_heads/train_boxes.py). (a) Jitter: each
+    # GT box's width and height are scaled by factors drawn uniformly from [lo, hi] ([1, 1] = off)
+    og.TRAIN_BOX_JITTER_SCALE = [1.0, 1.0]
+    # ... and its centre shifted by up to this fraction of its width / height along each axis.
+    og.TRAIN_BOX_JITTER_SHIFT = 0.0
+    # (b) Detector boxes: this share of the GT objects (0 = off) is segmented from the detector's
+    # own decoded box where one overlaps the object's box with IoU >= TRAIN_DETECTED_BOXES_IOU, as
+    # Mask R-CNN's mask head trains on proposals. Applied after the jitter (a matched box is not jittered).
+    og.TRAIN_DETECTED_BOXES_PROB = 0.0
+    og.TRAIN_DETECTED_BOXES_IOU = 0.5
+    # ... from this iteration on (the detector's early boxes are noise).
+    og.TRAIN_DETECTED_BOXES_WARMUP = 500
 
     # ------------------------------------------ auxiliary point refinement (method card §4)
     # Train with the auxiliary refinement loss; False gives "Ours w/o refine".
@@ -152,6 +165,16 @@ def add_objguided_config(cfg: CN) -> CN:
     # box and its enlarged ROI (a box too small for the object truncates the mask) is segmented once
     # more from its box grown by this fraction of its width / height on every side it reaches.
     og.RECROP_EXPAND_TEST = 0.0
+    # Beyond the paper (0 = off): let the box follow the mask. An instance is segmented again from
+    # its predicted mask's own box (enlarged as usual) when an edge of that box lies more than this
+    # fraction of the box's width / height from the ROI box's edge: it shrinks as well as grows.
+    # Runs after RECROP_EXPAND_TEST.
+    og.RECROP_FOLLOW_MASK_TEST = 0.0
+    # At most this many rounds of RECROP_FOLLOW_MASK_TEST (each re-segments only the boxes that moved).
+    og.RECROP_ROUNDS_TEST = 1
+    # Beyond the paper (False = off): rank by mask quality, as Mask Scoring R-CNN does: an
+    # instance's score (its heatmap peak) is multiplied by the mean probability of its mask's pixels.
+    og.MASK_RESCORE_TEST = False
 
     # ------------------------------------------------------------ evaluation (method card §7)
     # Run the paper's APseg/APdec + CTC/LSC challenge metrics beside COCO AP (build_evaluators).

@@ -132,3 +132,15 @@ def test_ours_plus_is_the_tiny_model_with_named_options():
     base = load_config(os.path.join(ROOT, "configs/tiny/objguided_R18_tiny.yaml"))
     assert _diff(base, load_config(m.config_file)) - {"OUTPUT_DIR"} == {
         "MODEL.OBJGUIDED.GIOU_LOSS_WEIGHT", "MODEL.OBJGUIDED.POSITIVE_RADIUS", "MODEL.OBJGUIDED.RECROP_EXPAND_TEST"}
+
+
+def test_run_folder_config_from_before_one_segmentation_path_still_loads():
+    """A run folder's config.yaml written when ``MODEL.OBJGUIDED.BATCHED_SEG`` existed (every
+    archived study run has it) loads and builds the same model; the key is ignored."""
+    path = os.path.join(ROOT, "benchmarks/results/paperscale/study/nuclei_seed0/runs/objguided_R18_tiny/config.yaml")
+    with open(path) as f:
+        assert "BATCHED_SEG: true" in f.read()
+    cfg = load_config(path, ["MODEL.WEIGHTS", "", "MODEL.DEVICE", "cpu"])
+    assert "BATCHED_SEG" not in cfg.MODEL.OBJGUIDED
+    with pytest.raises(Exception, match="NOT_A_KEY"):
+        load_config(path, ["MODEL.OBJGUIDED.NOT_A_KEY", "1"])

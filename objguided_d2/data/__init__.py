@@ -5,8 +5,13 @@ Importing this package registers the built-in synthetic datasets (``synth_<famil
 :mod:`objguided_d2.data.register` for registering your own data.
 """
 from .io import DataError, read_image, read_label_map  # noqa: F401
-from .synthetic import FAMILIES, generate_synthetic_dataset  # noqa: F401
-from .formats import convert_to_coco, prepare_coco, read_cvppp_label  # noqa: F401
+from .datasets import (  # noqa: F401
+    FAMILIES,
+    convert_to_coco,
+    generate_synthetic_dataset,
+    prepare_coco,
+    read_cvppp_label,
+)
 from .transforms import RandomSquareCrop, SquareCropPadTransform  # noqa: F401
 from .dataset_mapper import ObjGuidedDatasetMapper, build_objguided_augmentation  # noqa: F401
 from .register import (  # noqa: F401

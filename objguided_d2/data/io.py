@@ -19,6 +19,9 @@ import numpy as np
 __all__ = [
     "DataError",
     "IMAGE_EXTENSIONS",
+    "check_same_size",
+    "is_image_name",
+    "require_dir",
     "MAX_IMAGE_PIXELS_ENV",
     "max_image_pixels",
     "read_image",
@@ -34,6 +37,25 @@ DEFAULT_MAX_IMAGE_PIXELS = 2**30  # OpenCV's own default limit (CV_IO_MAX_IMAGE_
 
 class DataError(ValueError):
     """A data file is missing, unreadable or inconsistent. The message names the file."""
+
+
+def is_image_name(name: str) -> bool:
+    """True for a visible file name with an image extension (folder scanners skip the rest)."""
+    return not name.startswith(".") and os.path.splitext(name)[1].lower() in IMAGE_EXTENSIONS
+
+
+def require_dir(path: str, what: str) -> None:
+    if not os.path.isdir(path):
+        raise DataError(f"{path}: {what} folder not found")
+
+
+def check_same_size(img_path: str, image: np.ndarray, other_path: str, other: np.ndarray) -> None:
+    """A label or mask must cover its image pixel for pixel."""
+    if image.shape[:2] != other.shape[:2]:
+        raise DataError(
+            f"{other_path}: size {other.shape[1]}x{other.shape[0]} (WxH) differs from its image "
+            f"{img_path} ({image.shape[1]}x{image.shape[0]})"
+        )
 
 
 def _check_file(path: str) -> None:

@@ -74,8 +74,11 @@ from urllib.parse import unquote
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.data.datasets import load_coco_json, register_coco_instances
 
-from .formats import REAL_FORMATS, cache_root, convert_to_coco, prepare_coco
-from .synthetic import FAMILIES, FAMILY_CLASSES, SPLITS, generate_synthetic_dataset
+from .datasets.cache import cache_root
+from .datasets.coco import prepare_coco
+from .datasets.convert import REAL_FORMATS, convert_to_coco
+from .datasets.splits import SPLITS
+from .datasets.synthetic import FAMILIES, FAMILY_CLASSES, generate_synthetic_dataset
 
 __all__ = [
     "FORMATS",

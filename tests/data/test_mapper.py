@@ -8,8 +8,8 @@ from detectron2.data import transforms as T
 from detectron2.structures import BitMasks, BoxMode, PolygonMasks
 
 from objguided_d2.config import add_objguided_config
-from objguided_d2.data.coco_json import encode_mask
 from objguided_d2.data.dataset_mapper import ObjGuidedDatasetMapper
+from objguided_d2.data.datasets.coco import encode_mask
 from objguided_d2.data.transforms import RandomNativeCrop, RandomSquareCrop, SquareCropPadTransform, clip_polygon_to_rect
 
 

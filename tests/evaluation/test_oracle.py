@@ -7,10 +7,11 @@ import pycocotools.mask as mask_util
 import pytest
 import torch
 from detectron2.modeling import build_model
-from detectron2.structures import BoxMode, Instances
+from detectron2.structures import Boxes, BoxMode, Instances
 
 from objguided_d2.engine.train_net import load_config
-from objguided_d2.evaluation.oracle import oracle_object_ious, summarize_oracle, thin_fraction
+from objguided_d2.evaluation.oracle import (detected_object_ious, oracle_object_ious, perturb_boxes,
+                                            summarize_oracle, thin_fraction)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -101,3 +102,98 @@ def test_oracle_runs_real_models(tmp_path, config):
     objs = oracle_object_ious(model, dicts, min_size_test=64, max_size_test=1000)
     assert len(objs) == 5
     assert all(0.0 <= o["iou"] <= 1.0 for o in objs)
+
+
+# ------------------------------------------------------------------------- perturbed boxes
+_BOXES = torch.tensor([[10.0, 20.0, 30.0, 60.0], [50.0, 50.0, 54.0, 58.0], [0.0, 0.0, 100.0, 80.0]])
+
+
+def _gen(seed=0):
+    return torch.Generator().manual_seed(seed)
+
+
+def test_perturb_boxes_identity_and_scale():
+    torch.testing.assert_close(perturb_boxes(_BOXES, 1.0, 0.0, _gen(), (80, 100)), _BOXES, rtol=0, atol=1e-6)
+    inner = _BOXES[:2]
+    for s in (0.7, 1.5):
+        out = perturb_boxes(inner, s, 0.0, _gen(), (80, 100))
+        torch.testing.assert_close(out[:, 2:] - out[:, :2], (inner[:, 2:] - inner[:, :2]) * s)
+        torch.testing.assert_close((out[:, :2] + out[:, 2:]) / 2, (inner[:, :2] + inner[:, 2:]) / 2)
+    assert perturb_boxes(inner.double(), 0.8, 0.0, _gen(), (80, 100)).dtype == torch.float64
+
+
+def test_perturb_boxes_shift_moves_the_centre_by_a_fraction_of_the_side():
+    inner = _BOXES[:2]
+    out = perturb_boxes(inner, 1.0, 0.2, _gen(3), (80, 100))
+    size = inner[:, 2:] - inner[:, :2]
+    torch.testing.assert_close(out[:, 2:] - out[:, :2], size)  # same size, inside the image
+    moved = ((out[:, :2] + out[:, 2:]) / 2 - (inner[:, :2] + inner[:, 2:]) / 2) / size
+    torch.testing.assert_close(moved.norm(dim=1), torch.full((2,), 0.2))
+    # directions are random: over many boxes they cover every quadrant
+    many = perturb_boxes(inner[:1].repeat(200, 1), 1.0, 0.1, _gen(), (80, 100))
+    d = (many[:, :2] + many[:, 2:]) / 2 - (inner[0, :2] + inner[0, 2:]) / 2
+    assert {(bool(x > 0), bool(y > 0)) for x, y in d.tolist()} == {(a, b) for a in (0, 1) for b in (0, 1)}
+
+
+def test_perturb_boxes_seeded_clipped_and_empty():
+    a = perturb_boxes(_BOXES, 1.3, 0.2, _gen(5), (80, 100))
+    torch.testing.assert_close(a, perturb_boxes(_BOXES, 1.3, 0.2, _gen(5), (80, 100)))
+    assert not torch.equal(a, perturb_boxes(_BOXES, 1.3, 0.2, _gen(6), (80, 100)))
+    # the whole-image box scaled up is clipped to (H, W) = (80, 100)
+    torch.testing.assert_close(perturb_boxes(_BOXES[2:], 1.5, 0.0, _gen(), (80, 100)), _BOXES[2:])
+    assert (a >= 0).all() and (a[:, 0::2] <= 100).all() and (a[:, 1::2] <= 80).all()
+    assert perturb_boxes(torch.zeros(0, 4), 0.8, 0.1, _gen(), (80, 100)).shape == (0, 4)
+    with pytest.raises(ValueError, match="scale must be"):
+        perturb_boxes(_BOXES, 0.0, 0.0, _gen(), (80, 100))
+    with pytest.raises(ValueError, match="shift must be"):
+        perturb_boxes(_BOXES, 1.0, -0.1, _gen(), (80, 100))
+
+
+def test_oracle_hands_the_model_perturbed_boxes(tmp_path):
+    dicts = _dataset(tmp_path)
+    model = _StubModel(dicts)
+    oracle_object_ious(model, dicts, min_size_test=64, max_size_test=1000, scale=1.5, generator=_gen())
+    gt = torch.tensor([5.0, 4.0, 17.0, 14.0])  # the first object's box, side 12 x 10
+    torch.testing.assert_close(model.seen[0][1][0], torch.tensor([2.0, 1.5, 20.0, 16.5]) * 2)
+    model.seen.clear()
+    oracle_object_ious(model, dicts, min_size_test=64, max_size_test=1000, shift=0.1, generator=_gen(1))
+    expected = perturb_boxes(gt[None], 1.0, 0.1, _gen(1), (32, 40))[0] * 2  # first draw of the same seed
+    torch.testing.assert_close(model.seen[0][1][0], expected)
+
+
+class _DetectorStub:
+    """Normal inference: image 0 predicts GT masks 0 and 2 (and a background blob), image 1 only
+    a mask that half-covers its object 0; the given-box path is not used."""
+
+    mask_nms_thresh = 0.2
+
+    def inference(self, inputs, detected_instances=None):
+        assert detected_instances is None
+        h, w = inputs[0]["height"], inputs[0]["width"]
+        gt = _masks(h, w)
+        first = inputs[0]["image"].float().mean() < 50  # image 0 is the darker one
+        if first:
+            blob = np.zeros((h, w), bool)
+            blob[28:31, 0:3] = True
+            masks = [gt[0], gt[2], blob]
+        else:
+            half = gt[0].copy()
+            half[:, 11:] = False
+            masks = [half]
+        res = Instances((h, w))
+        res.pred_masks = torch.as_tensor(np.stack(masks))
+        res.scores = torch.linspace(0.9, 0.5, len(masks))
+        res.pred_classes = torch.zeros(len(masks), dtype=torch.int64)
+        res.pred_boxes = Boxes(torch.zeros(len(masks), 4))
+        return [{"instances": res}]
+
+
+def test_detected_object_ious_takes_each_objects_best_prediction(tmp_path):
+    dicts = _dataset(tmp_path)
+    objs = detected_object_ious(_DetectorStub(), dicts, min_size_test=64, max_size_test=1000)
+    assert [o["iou"] for o in objs] == pytest.approx([1.0, 0.0, 1.0, 0.5, 0.0])
+    s = summarize_oracle(objs)
+    assert s["all n"] == 5 and s["all IoU>0.5"] == pytest.approx(40.0)
+    # only the top-scoring prediction of each image counts with max_dets=1
+    top1 = detected_object_ious(_DetectorStub(), dicts, min_size_test=64, max_size_test=1000, max_dets=1)
+    assert [o["iou"] for o in top1] == pytest.approx([1.0, 0.0, 0.0, 0.5, 0.0])

@@ -1,6 +1,6 @@
-"""The batched (packed-canvas) segmentation branch equals the per-ROI loop (the oracle):
-mask probabilities, losses and gradients, on boxes of very different sizes and aspect ratios;
-and its canvas operations equal the per-ROI operations they stand for."""
+"""The packed-canvas segmentation branch equals the one-ROI-at-a-time oracle
+(``reference_seg.py``): mask probabilities, losses and gradients, on boxes of very different sizes
+and aspect ratios; and its canvas operations equal the per-ROI operations they stand for."""
 import pytest
 import torch
 import torch.nn.functional as F
@@ -12,13 +12,15 @@ from detectron2.structures import BitMasks, Boxes, Instances
 from detectron2.utils.events import EventStorage
 
 from objguided_d2 import add_objguided_config
-from objguided_d2.modeling.roi_heads import ObjGuidedMaskHead, crop_mask_roi, roi_level_sizes
+from objguided_d2.modeling.roi_heads import ObjGuidedMaskHead, roi_level_sizes
 from objguided_d2.modeling.roi_heads.canvas_layout import pack_canvas
 from objguided_d2.modeling.roi_heads.canvas_ops import (
     crop_masks_at_pixels,
     segment_instance_norm,
     upsample_to_canvas,
 )
+
+from reference_seg import crop_mask_roi, reference_losses, reference_probs
 
 NAMES = ["c0", "c1", "d2", "d3", "d4"]
 STRIDES = [1, 2, 4, 8, 16]
@@ -31,14 +33,13 @@ DEVICES = [
 ]
 
 
-def make_heads(device, batched, **og):
+def make_heads(device, **og):
     cfg = add_objguided_config(get_cfg())
     cfg.MODEL.MASK_ON = True
     cfg.MODEL.ROI_HEADS.NAME = "ObjGuidedROIHeads"
     cfg.MODEL.ROI_MASK_HEAD.NAME = "ObjGuidedMaskHead"
     cfg.MODEL.ROI_HEADS.NUM_CLASSES = 2
     cfg.MODEL.OBJGUIDED.MASK_HEAD_CHANNELS = 8
-    cfg.MODEL.OBJGUIDED.BATCHED_SEG = batched
     for k, v in og.items():
         setattr(cfg.MODEL.OBJGUIDED, k, v)
     torch.manual_seed(0)
@@ -110,10 +111,10 @@ def test_upsample_norm_and_mask_crop_match_per_roi_ops():
 
     boxes = torch.tensor([[3.3, 4.1, 20.7, 9.2], [0.0, 10.5, 39.0, 30.0], [30.2, 1.0, 33.9, 29.5]])
     masks = torch.rand(3, 31, 40, generator=g) > 0.4
-    sizes = roi_level_sizes(boxes, [1])
+    sizes = roi_level_sizes(boxes, [1], 1.1, 2)
     lay = pack_canvas(sizes).levels[0]
     slots = pack_canvas(sizes).slots[:, 0]
-    pix, vals = crop_masks_at_pixels(masks, boxes, slots, lay)
+    pix, vals = crop_masks_at_pixels(masks, boxes, slots, lay, enlarge=1.1)
     canvas = torch.zeros(lay.height * lay.width)
     canvas[lay.pix_flat[pix]] = vals
     canvas = canvas.reshape(lay.height, lay.width)
@@ -121,13 +122,13 @@ def test_upsample_norm_and_mask_crop_match_per_roi_ops():
     for b, ((h, w),) in enumerate(sizes):
         y0, x0, _, _ = _slot(lay, int(slots[b]))
         torch.testing.assert_close(canvas[y0 : y0 + h, x0 : x0 + w],
-                                   crop_mask_roi(masks[b], boxes[b], (h, w)), rtol=0, atol=1e-6)
+                                   crop_mask_roi(masks[b], boxes[b], (h, w), enlarge=1.1), rtol=0, atol=1e-6)
 
 
-def test_unsupported_norm_is_refused():
-    head = ObjGuidedMaskHead(in_channels=[4, 4], seg_channels=[4], num_classes=1, seg_norm="BN")
-    with pytest.raises(ValueError, match="BATCHED_SEG"):
-        head.check_batchable()
+@pytest.mark.parametrize("norm", ["BN", "GN"])
+def test_norm_that_mixes_rois_is_refused(norm):
+    with pytest.raises(ValueError, match="mixes ROIs"):
+        ObjGuidedMaskHead(in_channels=[32, 32], seg_channels=[32], num_classes=1, seg_norm=norm)
 
 
 # ------------------------------------------------------------------------------ loop == batched
@@ -144,22 +145,19 @@ def test_inference_probabilities_equal_loop(device):
         p.scores = torch.rand(70, generator=torch.Generator().manual_seed(seed)).to(device)
         p.pred_classes = torch.randint(0, 2, (70,), generator=torch.Generator().manual_seed(seed)).to(device)
         props.append(p)
-    outs = {}
-    for batched in (False, True):
-        heads = make_heads(device, batched).eval()
-        with torch.no_grad():
-            outs[batched], _ = heads(None, feats, props)
-    for a, b in zip(outs[False], outs[True]):
-        assert 20 < len(a) < 70  # some ROIs are too small to segment
-        assert torch.equal(a.pred_boxes.tensor, b.pred_boxes.tensor)
-        assert torch.equal(a.pred_classes, b.pred_classes)
-        assert len({tuple(m.shape) for m in a.pred_mask_probs}) > 10  # really different sizes
-        spread = 0.0
-        for ma, mb in zip(a.pred_mask_probs, b.pred_mask_probs):
-            assert ma.shape == mb.shape
-            assert (ma - mb).abs().max().item() <= 1e-4
-            spread = max(spread, (ma.max() - ma.min()).item())
-        assert spread > 0.3  # the comparison is not between constant maps
+    heads = make_heads(device).eval()
+    with torch.no_grad():
+        outs, _ = heads(None, feats, props)
+        for i, b in enumerate(outs):
+            assert 20 < len(b) < 70  # some ROIs are too small to segment
+            ref = reference_probs(heads, feats, i, b.pred_boxes.tensor, b.pred_classes)
+            assert len({tuple(m.shape) for m in ref}) > 10  # really different sizes
+            spread = 0.0
+            for ma, mb in zip(ref, b.pred_mask_probs):
+                assert ma.shape == mb.shape
+                assert (ma - mb).abs().max().item() <= 1e-4
+                spread = max(spread, (ma.max() - ma.min()).item())
+            assert spread > 0.3  # the comparison is not between constant maps
 
 
 @pytest.mark.parametrize("device", DEVICES)
@@ -169,11 +167,14 @@ def test_training_losses_and_gradients_equal_loop(device, refine_on, max_inst):
                make_targets(30, (80, 100), 13).to(device)]
     res = {}
     for batched in (False, True):
-        heads = make_heads(device, batched, REFINE_ON=refine_on, MAX_TRAIN_INSTANCES=max_inst).train()
+        heads = make_heads(device, REFINE_ON=refine_on, MAX_TRAIN_INSTANCES=max_inst).train()
         feats = make_features(3, device)
         torch.manual_seed(123)  # same randperm and refinement point draws in both paths
-        with EventStorage():
-            _, losses = heads(None, feats, [Instances(t.image_size) for t in targets], targets)
+        if batched:
+            with EventStorage():
+                _, losses = heads(None, feats, [Instances(t.image_size) for t in targets], targets)
+        else:
+            losses = reference_losses(heads, feats, targets)
         sum(losses.values()).backward()
         res[batched] = (losses, feats, [p.grad.clone() for p in heads.mask_head.parameters()])
     (la, fa, ga), (lb, fb, gb) = res[False], res[True]
@@ -191,7 +192,7 @@ def test_training_losses_and_gradients_equal_loop(device, refine_on, max_inst):
 
 # ------------------------------------------------------------------------------ canvas packing
 def test_canvas_layout_separates_rois_and_orders_levels():
-    sizes = [s for s in roi_level_sizes(random_boxes(120, (200, 300), 7), STRIDES) if s]
+    sizes = [s for s in roi_level_sizes(random_boxes(120, (200, 300), 7), STRIDES, 1.1, 2) if s]
     layout = pack_canvas(sizes)
     for l, lay in enumerate(layout.levels):
         n = len(lay.rois)
@@ -228,13 +229,16 @@ def test_segment_instance_norm_matches_per_roi_instance_norm():
 
 def _single_image_step(batched, og, dtype):
     """One training step (losses, input features with their grads, head grads) and inference on
-    the GT boxes, of the loop (batched False) or canvas heads, in ``dtype``."""
+    the GT boxes, of the one-ROI oracle (batched False) or the canvas heads, in ``dtype``."""
     targets = [make_targets(35, (90, 125), 21)]
-    heads = make_heads("cpu", batched, **og).train().to(dtype)
+    heads = make_heads("cpu", **og).train().to(dtype)
     feats = {k: v[:1].detach().to(dtype).requires_grad_() for k, v in make_features(1, "cpu").items()}
     torch.manual_seed(7)
-    with EventStorage():
-        _, losses = heads(None, feats, [Instances(t.image_size) for t in targets], targets)
+    if batched:
+        with EventStorage():
+            _, losses = heads(None, feats, [Instances(t.image_size) for t in targets], targets)
+    else:
+        losses = reference_losses(heads, feats, targets)
     sum(losses.values()).backward()
     grads = [p.grad.clone() for p in heads.mask_head.parameters()]
     heads.eval()
@@ -244,6 +248,8 @@ def _single_image_step(batched, og, dtype):
     p.pred_classes = targets[0].gt_classes
     with torch.no_grad():
         inst = heads(None, feats, [p])[0][0]
+        if not batched:  # the oracle's maps of the same (kept) boxes
+            inst.pred_mask_probs = reference_probs(heads, feats, 0, inst.pred_boxes.tensor, inst.pred_classes)
     return losses, feats, grads, inst
 
 

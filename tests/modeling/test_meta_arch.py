@@ -18,7 +18,7 @@ def disc_results(discs, image_hw, scores=None, classes=None):
     maps, boxes = [], []
     for cx, cy, r in discs:
         box = torch.tensor([[cx - r, cy - r, cx + r, cy + r]], dtype=torch.float64)
-        h, w = roi_level_sizes(box, [1])[0][0]
+        h, w = roi_level_sizes(box, [1], 1.1, 2)[0][0]
         x0, y0, x1, y1 = enlarge_boxes(box, 1.1)[0].tolist()
         ys = torch.linspace(y0, y1, h, dtype=torch.float64)
         xs = torch.linspace(x0, x1, w, dtype=torch.float64)

@@ -3,13 +3,15 @@ import pytest
 import torch
 
 from objguided_d2.modeling.postprocessing import paste_roi_masks
-from objguided_d2.modeling.roi_heads.roi_grid import crop_mask_roi, enlarge_boxes, roi_level_sizes
+from objguided_d2.modeling.roi_heads.roi_grid import enlarge_boxes, roi_level_sizes
+
+from reference_seg import crop_mask_roi
 
 
 def _disc_roi(cx, cy, r, enlarge=1.1):
     """Soft disc probability map sampled on the ROI grid of the disc's box."""
     box = torch.tensor([[cx - r, cy - r, cx + r, cy + r]], dtype=torch.float64)
-    (h, w) = roi_level_sizes(box, [1], enlarge)[0][0]
+    (h, w) = roi_level_sizes(box, [1], enlarge, 2)[0][0]
     x0, y0, x1, y1 = enlarge_boxes(box, enlarge)[0].tolist()
     ys = torch.linspace(y0, y1, h, dtype=torch.float64)
     xs = torch.linspace(x0, x1, w, dtype=torch.float64)
@@ -60,8 +62,8 @@ def test_paste_is_inverse_of_crop():
     # Crop a mask on the ROI grid, paste it back: the mask is recovered (round trip).
     mask = _analytic_disc(50, 64, 30.5, 22.0, 11.0) | _analytic_disc(50, 64, 45.0, 30.0, 7.0)
     box = torch.tensor([19.0, 11.0, 53.0, 38.0])
-    (h, w) = roi_level_sizes(box[None], [1])[0][0]
-    roi = crop_mask_roi(mask, box, (h, w))
+    (h, w) = roi_level_sizes(box[None], [1], 1.1, 2)[0][0]
+    roi = crop_mask_roi(mask, box, (h, w), enlarge=1.1)
     grid_box = enlarge_boxes(box[None], 1.1)
     back = paste_roi_masks([roi], grid_box, (50, 64))[0]
     x0, y0, x1, y1 = grid_box[0].tolist()

@@ -2,7 +2,9 @@
 import pytest
 import torch
 
-from objguided_d2.modeling.roi_heads.roi_grid import crop_mask_roi, crop_roi, enlarge_boxes, roi_level_sizes
+from objguided_d2.modeling.roi_heads.roi_grid import enlarge_boxes, roi_level_sizes
+
+from reference_seg import crop_mask_roi, crop_roi
 
 STRIDES = [1, 2, 4, 8, 16]
 
@@ -22,20 +24,20 @@ def cxcywh(cx, cy, w, h):
     ],
 )
 def test_roi_level_sizes_card_references(box, expected):
-    assert roi_level_sizes(cxcywh(*box), STRIDES) == [expected]
+    assert roi_level_sizes(cxcywh(*box), STRIDES, 1.1, 2) == [expected]
 
 
 def test_roi_level_sizes_float32_rounding_and_batch():
     # Off-grid float32 coordinates: the side is still 20 / 10 px up to rounding -> int(22.0) = 22.
     boxes = torch.cat([cxcywh(100.37, 77.91, 20, 10), cxcywh(5, 5, 2, 2)])
-    sizes = roi_level_sizes(boxes, STRIDES)
+    sizes = roi_level_sizes(boxes, STRIDES, 1.1, 2)
     assert sizes[0] == [(11, 22), (5, 11), (2, 5)]
     assert sizes[1] == [(2, 2)]
-    assert roi_level_sizes(torch.zeros(0, 4), STRIDES) == []
+    assert roi_level_sizes(torch.zeros(0, 4), STRIDES, 1.1, 2) == []
 
 
 def test_smaller_objects_get_fewer_levels():
-    counts = [len(roi_level_sizes(cxcywh(200, 200, s, s), STRIDES)[0]) for s in (300, 60, 15, 4, 1)]
+    counts = [len(roi_level_sizes(cxcywh(200, 200, s, s), STRIDES, 1.1, 2)[0]) for s in (300, 60, 15, 4, 1)]
     assert counts == sorted(counts, reverse=True)
     assert counts[0] == 5 and counts[-1] == 0
 
@@ -58,7 +60,7 @@ def test_crop_roi_linear_ramp_is_exact(stride):
     # Box well inside the map (no border clamping), at input-pixel scale.
     box = torch.tensor([3.3, 2.7, 9.1, 8.2]) * stride
     h, w = 5, 7
-    out = crop_roi(feat, box, (h, w), stride)
+    out = crop_roi(feat, box, (h, w), stride, enlarge=1.1)
     x0, y0, x1, y1 = enlarge_boxes(box[None].double(), 1.1)[0].tolist()
     gx = torch.tensor([x0 + (x1 - x0) * j / (w - 1) for j in range(w)]) / stride - 0.5
     gy = torch.tensor([y0 + (y1 - y0) * i / (h - 1) for i in range(h)]) / stride - 0.5
@@ -68,7 +70,7 @@ def test_crop_roi_linear_ramp_is_exact(stride):
 
 def test_crop_roi_zero_outside_map_and_differentiable():
     feat = torch.ones(1, 4, 8, 8, requires_grad=True)
-    out = crop_roi(feat, torch.tensor([-20.0, -20.0, 4.0, 4.0]), (6, 6), 2)
+    out = crop_roi(feat, torch.tensor([-20.0, -20.0, 4.0, 4.0]), (6, 6), 2, enlarge=1.1)
     assert out.shape == (4, 6, 6)
     assert out[:, 0, 0].abs().max() == 0  # far outside the image
     assert torch.allclose(out[:, -1, -1], torch.ones(4))  # inside: border-clamped bilinear of 1s
@@ -78,17 +80,17 @@ def test_crop_roi_zero_outside_map_and_differentiable():
 
 def test_crop_roi_bad_inputs():
     with pytest.raises(ValueError, match="batch_index"):
-        crop_roi(torch.zeros(1, 1, 4, 4), torch.tensor([0.0, 0, 2, 2]), (2, 2), 1, batch_index=3)
+        crop_roi(torch.zeros(1, 1, 4, 4), torch.tensor([0.0, 0, 2, 2]), (2, 2), 1, enlarge=1.1, batch_index=3)
     with pytest.raises(ValueError, match="N, C, H, W"):
-        crop_roi(torch.zeros(4, 4), torch.tensor([0.0, 0, 2, 2]), (2, 2), 1)
+        crop_roi(torch.zeros(4, 4), torch.tensor([0.0, 0, 2, 2]), (2, 2), 1, enlarge=1.1)
 
 
 def test_crop_mask_roi_soft_target():
     mask = torch.zeros(40, 50, dtype=torch.bool)
     mask[10:30, 12:32] = True  # box [12, 10, 32, 30]
     box = torch.tensor([12.0, 10.0, 32.0, 30.0])
-    (h, w) = roi_level_sizes(box[None], [1])[0][0]
-    t = crop_mask_roi(mask, box, (h, w))
+    (h, w) = roi_level_sizes(box[None], [1], 1.1, 2)[0][0]
+    t = crop_mask_roi(mask, box, (h, w), enlarge=1.1)
     assert t.shape == (22, 22) and t.dtype == torch.float32
     assert ((t >= 0) & (t <= 1)).all()
     assert t[h // 2, w // 2] == 1 and t[0, 0] == 0 and t[-1, -1] == 0

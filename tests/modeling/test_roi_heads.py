@@ -82,7 +82,8 @@ def run_train(heads, targets):
 def test_registered_and_built():
     heads = make_heads()
     assert isinstance(heads, ObjGuidedROIHeads)
-    assert heads.strides == STRIDES and heads.in_features == NAMES
+    assert heads.pooler.strides == STRIDES and heads.in_features == NAMES
+    assert heads.pooler.enlarge == 1.1 and heads.pooler.min_size == 2
 
 
 @pytest.mark.parametrize("num", [0, 1, 300])
@@ -126,15 +127,17 @@ def test_seg_loss_matches_manual_bce_and_weight():
     with EventStorage():
         _, losses = heads(None, feats, [Instances(t.image_size)], [t])
     assert set(losses) == {"loss_seg"}
-    from objguided_d2.modeling.roi_heads.roi_grid import crop_mask_roi, crop_roi, roi_level_sizes
+    from objguided_d2.modeling.roi_heads.roi_grid import roi_level_sizes
     import torch.nn.functional as F
 
+    from reference_seg import crop_mask_roi, crop_roi, forward_single
+
     per = []
-    for j, sizes in enumerate(roi_level_sizes(t.gt_boxes.tensor, STRIDES)):
-        out = heads.mask_head.forward_single([
-            crop_roi(feats[n], t.gt_boxes.tensor[j], hw, s)[None]
+    for j, sizes in enumerate(roi_level_sizes(t.gt_boxes.tensor, STRIDES, 1.1, 2)):
+        out = forward_single(heads.mask_head, [
+            crop_roi(feats[n], t.gt_boxes.tensor[j], hw, s, enlarge=1.1)[None]
             for n, s, hw in zip(NAMES, STRIDES, sizes)])
-        target = crop_mask_roi(t.gt_masks.tensor[j], t.gt_boxes.tensor[j], sizes[0])
+        target = crop_mask_roi(t.gt_masks.tensor[j], t.gt_boxes.tensor[j], sizes[0], enlarge=1.1)
         per.append(F.binary_cross_entropy_with_logits(out.mask_logits[0, int(t.gt_classes[j])], target))
     torch.testing.assert_close(losses["loss_seg"], 2.0 * torch.stack(per).mean())
 
@@ -198,12 +201,11 @@ def test_detections_per_image_and_given_boxes():
     assert len(out[0]) == 1 and out[0].pred_mask_probs[0].shape == (22, 33)
 
 
-@pytest.mark.parametrize("batched", [True, False])
-def test_recrop_grows_boxes_whose_masks_touch_the_roi_border(batched):
+def test_recrop_grows_boxes_whose_masks_touch_the_roi_border():
     props = [make_proposals([[20, 20, 40, 30], [0, 0, 10, 12], [50, 30, 80, 58]])]
     feats = make_features(1, requires_grad=False)
-    base = make_heads(BATCHED_SEG=batched).eval()
-    grown = make_heads(BATCHED_SEG=batched, RECROP_EXPAND_TEST=0.5).eval()
+    base = make_heads().eval()
+    grown = make_heads(RECROP_EXPAND_TEST=0.5).eval()
     for h in (base, grown):  # masks of probability ~1 everywhere: every ROI border is touched
         torch.nn.init.constant_(h.mask_head.predictor.bias, 20.0)
     with torch.no_grad():

@@ -14,7 +14,7 @@ from detectron2.utils.events import EventStorage
 
 import objguided_d2.modeling.proposal_generator.centernet_utils as cu
 from objguided_d2.data.dataset_mapper import ObjGuidedDatasetMapper
-from objguided_d2.data.formats import convert_to_coco
+from objguided_d2.data.datasets import convert_to_coco
 from objguided_d2.engine.train_net import load_config
 from objguided_d2.modeling.postprocessing import mask_nms
 

@@ -18,9 +18,9 @@ from detectron2.modeling import build_model
 from detectron2.structures import BitMasks, Boxes, BoxMode, Instances
 from detectron2.utils.events import EventStorage
 
-from objguided_d2.data.coco_json import encode_mask
 from objguided_d2.data.dataset_mapper import ObjGuidedDatasetMapper
-from objguided_d2.data.formats import convert_to_coco, prepare_coco
+from objguided_d2.data.datasets import convert_to_coco, prepare_coco
+from objguided_d2.data.datasets.coco import encode_mask
 from objguided_d2.data.io import DataError, read_image, read_label_map
 from objguided_d2.data.register import register_dataset_spec
 from objguided_d2.engine.train_net import load_config

@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from objguided_d2.config import ConfigError, load_config
-from objguided_d2.data.formats import convert_to_coco, prepare_coco
+from objguided_d2.data.datasets import convert_to_coco, prepare_coco
 from objguided_d2.data.io import MAX_IMAGE_PIXELS_ENV, DataError, read_image
 from objguided_d2.engine.checkpoint import ObjGuidedCheckpointer
 from objguided_d2.engine.safe_load import TRUST_HINT, UntrustedFileError

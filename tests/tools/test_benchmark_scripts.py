@@ -1,5 +1,6 @@
 """benchmarks/seed_table.py (mean over seeds), benchmarks/data_scale.py (object scale),
-benchmarks/error_breakdown.py (errors from saved predictions) and
+benchmarks/error_breakdown.py (errors from saved predictions), benchmarks/oracle_boxes.py (box
+sensitivity, on tiny untrained models) and
 benchmarks/reevaluate_study.sh (a study copy with linked weights) on small
 inputs they read back."""
 import importlib.util
@@ -160,3 +161,80 @@ def test_error_breakdown_reads_saved_predictions(tmp_path, capsys):
         eb.main([str(tmp_path / "cmp"), "--dataset-name", "errs"])
     with pytest.raises(SystemExit, match="no runs/"):
         eb.main([str(tmp_path), "--dataset-name", "errs"])
+
+
+def _oracle_compare_dir(tmp_path):
+    """A compare.py-like folder: runs/ours and runs/mrcnn, tiny untrained models (64 px input)."""
+    import torch
+    from detectron2.modeling import build_model
+
+    from objguided_d2.config import load_config
+
+    for mid, config in (("ours", "objguided_R18_tiny"), ("mrcnn", "mask_rcnn_R18_tiny")):
+        run = tmp_path / "cmp" / "runs" / mid
+        run.mkdir(parents=True)
+        cfg = load_config(os.path.join(ROOT, "configs", "tiny", f"{config}.yaml"),
+                          ["MODEL.DEVICE", "cpu", "INPUT.MIN_SIZE_TEST", "64", "INPUT.MAX_SIZE_TEST", "128"])
+        (run / "config.yaml").write_text(cfg.dump())
+        torch.manual_seed(1)
+        torch.save({"model": build_model(cfg).state_dict()}, run / "model_final.pth")
+    return tmp_path / "cmp"
+
+
+def test_oracle_boxes_sensitivity_table(tmp_path, capsys):
+    """One row per method, one column per box; the exact-box column is the plain oracle's numbers,
+    the detector's-box table follows; bad --scales / --shifts are one line, exit 2."""
+    from detectron2.data import DatasetCatalog
+
+    from objguided_d2.comparison.runs import load_run
+    from objguided_d2.data.register import register_dataset_spec
+    from objguided_d2.evaluation.oracle import oracle_object_ious, summarize_oracle
+
+    ob = _script("oracle_boxes")
+    cmp = _oracle_compare_dir(tmp_path)
+    register_dataset_spec("orc=synthetic:nuclei?image_size=64&num_train=1&num_val=1&num_test=2")
+    out = tmp_path / "oracle.md"
+    assert ob.main([str(cmp), "--dataset-name", "orc", "--scales", "0.8", "1", "--shifts", "0", "0.2",
+                    "--output", str(out)]) == 0
+    text = out.read_text()
+    data = json.loads(out.with_suffix(".json").read_text())
+    assert [c["label"] for c in data["perturbations"]] == ["exact box", "s 0.8", "shift 0.2"]
+    sens = [ln for ln in text.splitlines() if ln.startswith("| ") and ln.count("(") == 3]
+    assert len(sens) == 4  # mIoU table and drop table, a row per method
+    header = [ln for ln in text.splitlines() if ln.startswith("| Method | exact box")]
+    assert header and header[0].split(" | ")[1:] == ["exact box", "s 0.8", "shift 0.2 |"]
+    assert [ln.split(" | ")[0] for ln in sens] == ["| mrcnn", "| ours"] * 2  # sorted ids: no results.json
+    assert all(ln.split(" | ")[1] == "+0.0 (+0)" for ln in sens[2:])  # no drop at the exact box
+    dicts = DatasetCatalog.get("orc_test")
+    for mid in ("ours", "mrcnn"):
+        run = cmp / "runs" / mid
+        _, model = load_run(str(run), ["MODEL.DEVICE", "cpu", "MODEL.WEIGHTS", ""],
+                            weights=str(run / "model_final.pth"))
+        exact = summarize_oracle(oracle_object_ious(model, dicts, min_size_test=64, max_size_test=128))
+        got = data["sensitivity"][mid]
+        assert got["exact box"]["summary"] == pytest.approx(exact, nan_ok=True)
+        assert data["summary"][data["names"][mid]] == pytest.approx(exact, nan_ok=True)
+        assert got["s 0.8"]["scale"] == 0.8 and got["shift 0.2"]["shift"] == 0.2
+        n = int(exact["all n"])
+        assert len(got["s 0.8"]["iou"]) == n and len(data["detected"][mid]["iou"]) == n
+        assert all(0.0 <= v <= 1.0 for v in data["detected"][mid]["iou"])
+        # the sensitivity cell and the detector-box row repeat the exact numbers
+        cell = f"{exact['all mIoU']:.1f} ({exact['all IoU>0.5']:.0f}%)"
+        assert f"| {mid} | {cell} |" in text
+        det = data["detected"][mid]["summary"]
+        assert (f"| {mid} | {n} | {exact['all mIoU']:.1f} | {exact['all IoU>0.5']:.1f} | {det['all mIoU']:.1f} | "
+                f"{det['all IoU>0.5']:.1f} |") in text
+    # Seeded: the same shifted boxes give the same IoUs again.
+    ob.main([str(cmp), "--dataset-name", "orc", "--methods", "mrcnn", "--scales", "1", "--shifts", "0.2",
+             "--output", str(tmp_path / "again.md")])
+    again = json.loads((tmp_path / "again.json").read_text())["sensitivity"]["mrcnn"]["shift 0.2"]["iou"]
+    assert again == data["sensitivity"]["mrcnn"]["shift 0.2"]["iou"]
+    # No perturbation: the plain exact-box table only.
+    capsys.readouterr()
+    ob.main([str(cmp), "--dataset-name", "orc", "--methods", "mrcnn", "--scales", "1", "--shifts", "0"])
+    assert "exact box" not in capsys.readouterr().out
+    for flags, name in ((["--scales", "0.8", "0"], "--scales"), (["--shifts", "-0.1"], "--shifts")):
+        with pytest.raises(SystemExit) as e:
+            ob.main([str(cmp), "--dataset-name", "orc", *flags])
+        err = capsys.readouterr().err
+        assert e.value.code == 2 and err.count("\n") == 1 and name in err, err

@@ -1,14 +1,15 @@
-"""Operations on packed ROI canvases (layout: :mod:`.canvas_layout`): the per-ROI loop's maths
-(``ObjGuidedMaskHead.forward_single``, ``roi_refine_logits``) for all ROIs of a level at once.
-The mask head runs its own layers through these (``ObjGuidedMaskHead.forward_canvas``); each
-operation makes a canvas layer see exactly what the per-ROI layer sees:
+"""Operations on packed ROI canvases (layout: :mod:`.canvas_layout`): the paper's one-ROI-at-a-time
+maths for all ROIs of a level at once. The mask head runs its own layers through these
+(:meth:`~.mask_head.ObjGuidedMaskHead.layers`); each operation makes a canvas layer see exactly
+what the layer would see on one ROI alone (the one-ROI reference implementation is the test
+oracle, ``tests/modeling/reference_seg.py``):
 
 - 3x3 convs (:func:`conv_canvas`): an ROI's border reads the zero gap, i.e. the per-ROI conv's
   zero padding; the gap is re-zeroed after every layer (multiplication by the validity mask);
 - InstanceNorm (affine=False): per-ROI statistics from shelf row sums and float64 column
   prefix sums (:func:`segment_instance_norm`);
-- crops (:func:`crop_to_canvas`): each canvas pixel knows its ROI and its grid position, hence the
-  same ROI-grid coordinates as :func:`~.roi_grid.crop_roi`; one ``grid_sample`` per level writes
+- crops (:func:`crop_to_canvas`): each canvas pixel knows its ROI and its grid position on the
+  ROI grid (:mod:`.roi_grid`); one ``grid_sample`` per level writes
   the whole canvas (the "border" padding is reproduced by clamped coordinates so that the gaps
   can read zeros);
 - the bilinear upsampling of the deep input of S_i (:func:`upsample_to_canvas`): each destination
@@ -18,8 +19,8 @@ operation makes a canvas layer see exactly what the per-ROI layer sees:
 - GT masks and class logits: gathers over the canvas (GT masks with the ROI grid's taps; the
   refinement points likewise, in :mod:`.point_refine`).
 
-Equality with the loop is up to float rounding (grid coordinates on a large canvas are float32;
-measured differences in mask probabilities ~1e-7; ``tests/modeling/test_batched_seg.py``).
+Equality with the one-ROI reference is up to float rounding (grid coordinates on a large canvas
+are float32; measured differences in mask probabilities ~1e-7; ``tests/modeling/test_batched_seg.py``).
 
 Shapes: R ROIs, n ROIs of a level, P valid pixels of a level, (H, W) a canvas, C channels,
 K mask classes, M points.
@@ -70,7 +71,7 @@ def crop_packed_rois(
     image_index: torch.Tensor,
     level_sizes: Sequence[Sequence[Tuple[int, int]]],
     *,
-    enlarge: float = 1.1,
+    enlarge: float,
 ) -> PackedROIs:
     """Pack R ROIs (:func:`pack_canvas`) and crop every level they have into its canvas.
 
@@ -120,9 +121,10 @@ def crop_to_canvas(
     lay: LevelLayout,
     stride: float,
     *,
-    enlarge: float = 1.1,
+    enlarge: float,
 ) -> torch.Tensor:
-    """Every ROI of a level cropped into its canvas slot (:func:`~.roi_grid.crop_roi` per ROI).
+    """Every ROI of a level cropped into its canvas slot: ``grid_sample`` (bilinear, "border"
+    padding, align_corners=False) of ``feature`` on each ROI's grid, 0 outside the map's extent.
 
     Args:
         feature: (N, C, Hf, Wf) at ``stride``.
@@ -159,11 +161,11 @@ def crop_to_canvas(
 
 def crop_masks_at_pixels(
     masks: torch.Tensor, boxes: torch.Tensor, slots: torch.Tensor, lay: LevelLayout,
-    *, enlarge: float = 1.1,
+    *, enlarge: float,
 ) -> Tuple[torch.Tensor, torch.Tensor]:
-    """:func:`~.roi_grid.crop_mask_roi` of some ROIs at their level-0 canvas pixels, reading the
-    bool masks directly (the 4 bilinear taps of ``grid_sample``'s border / align_corners=False
-    rule).
+    """GT masks sampled on some ROIs' level-0 grids (as :func:`crop_to_canvas` samples a stride-1
+    map: soft at the edges), at their canvas pixels, reading the bool masks directly (the 4
+    bilinear taps of ``grid_sample``'s border / align_corners=False rule).
 
     Args:
         masks: (n_i, H, W) bool GT masks (one image), boxes: (n_i, 4) before enlargement,

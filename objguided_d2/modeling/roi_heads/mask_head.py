@@ -1,14 +1,13 @@
-"""The object-guided mask head (method card §3, §4): the whole segmentation branch, its two
-forward passes and its losses, registered in ``ROI_MASK_HEAD_REGISTRY``.
+"""The object-guided mask head (method card §3, §4): the whole segmentation branch and its
+losses, registered in ``ROI_MASK_HEAD_REGISTRY``.
 
 S merge modules run over the per-level ROI crops, deepest level present first, then the mask
 predictor on e1; the refinement heads (:mod:`.point_refine`) read e1 and e2 at training time.
-The head takes crops from the ROI heads in either of two forms and runs the same maths on both:
-
-- one ROI at a time (:meth:`ObjGuidedMaskHead.forward_single`; the authors' design and the
-  reference: ROI sizes vary and InstanceNorm normalises each ROI on its own);
-- all ROIs at once on one zero-separated canvas per level
-  (:meth:`ObjGuidedMaskHead.forward_canvas`, operations in :mod:`.canvas_ops`).
+ROI sizes vary and InstanceNorm normalises each ROI on its own, so the paper's authors segment one
+ROI at a time; here all ROIs are packed into one zero-separated canvas per level and every layer
+runs once per level (:meth:`ObjGuidedMaskHead.layers`, operations in :mod:`.canvas_ops`) with
+the same per-ROI results. The one-ROI-at-a-time version is kept as the test oracle
+(``tests/modeling/reference_seg.py``), as Detectron2 keeps ``paste_mask_in_image_old``.
 
 Like Detectron2's ``BaseMaskRCNNHead``, :meth:`ObjGuidedMaskHead.forward` returns the losses
 (``loss_seg``, ``loss_refine``) in training and the mask probabilities at inference.
@@ -18,7 +17,7 @@ K mask classes (1 when class-agnostic), P_0 level-0 canvas pixels.
 """
 from dataclasses import dataclass
 from functools import partial
-from typing import Dict, List, Optional, Sequence, Union
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -29,6 +28,7 @@ from detectron2.layers import Conv2d, ShapeSpec
 from detectron2.modeling.roi_heads.mask_head import ROI_MASK_HEAD_REGISTRY
 
 from ..layers import MergeModule
+from .canvas_layout import LevelLayout
 from .canvas_ops import (
     PackedROIs,
     class_logits_at_pixels,
@@ -36,9 +36,9 @@ from .canvas_ops import (
     roi_class_probs,
     upsample_to_canvas,
 )
-from .point_refine import PointRefineHead, canvas_refine_logits, roi_refine_logits
+from .point_refine import PointRefineHead, point_refine_logits
 
-__all__ = ["ObjGuidedMaskHead", "MaskHeadOutput", "loop_losses", "canvas_losses", "seg_refine_losses"]
+__all__ = ["ObjGuidedMaskHead", "MaskHeadOutput", "seg_loss", "refine_loss"]
 
 
 @dataclass
@@ -140,6 +140,7 @@ class ObjGuidedMaskHead(nn.Module):
         self.point_rule = dict(point_divisor=int(refine_point_divisor),
                                oversample_ratio=refine_oversample_ratio,
                                importance_sample_ratio=refine_importance_sample_ratio)
+        self._check_per_roi_norms()
 
     @classmethod
     def from_config(cls, cfg, input_shape: Dict[str, ShapeSpec]):
@@ -165,33 +166,26 @@ class ObjGuidedMaskHead(nn.Module):
             "refine_importance_sample_ratio": og.REFINE_IMPORTANCE_SAMPLE_RATIO,
         }
 
-    # ------------------------------------------------------------------------ the two passes
-    def forward_single(self, roi_feats: List[torch.Tensor]) -> MaskHeadOutput:
-        """Segment one ROI.
+    def _check_per_roi_norms(self) -> None:
+        """Refuse a norm that mixes ROIs or keeps statistics: the canvas runs all ROIs at once and
+        must normalise each one on its own (the paper's affine-free InstanceNorm, or no norm)."""
+        for name, m in self.named_modules():
+            if isinstance(m, nn.InstanceNorm2d) and (m.affine or m.track_running_stats):
+                raise ValueError(f"ObjGuidedMaskHead: {name} is an affine / tracked InstanceNorm; "
+                                 "only the paper's affine=False one is supported")
+            if isinstance(m, (nn.BatchNorm2d, nn.GroupNorm)) or type(m).__name__ == "FrozenBatchNorm2d":
+                raise ValueError(f"ObjGuidedMaskHead: seg_norm gives {name} a {type(m).__name__}, "
+                                 "which mixes ROIs; use \"IN\" (the paper's) or \"\" (none)")
 
-        Args:
-            roi_feats: crops of levels 0..l-1 (l >= 1), each (1, C_i, h_i, w_i), shallow first.
+    # ------------------------------------------------------------------------ the layers
+    def layers(self, rois: PackedROIs) -> MaskHeadOutput:
+        """The S modules and the mask predictor on every ROI of a packed canvas at once, each ROI
+        on its own as in the paper (canvases in, canvases out: e1 and the logits on the level-0
+        canvas, e2 on the level-1 canvas).
+
+        Per ROI with l levels: x = entry(crop_{l-1}); x = S_i(x, crop_i) for i = l-2 .. 0;
+        logits = predictor(mask_fcn(x)); e1 = x after S_0, e2 = x after S_1.
         """
-        n = len(roi_feats)
-        if not 1 <= n <= self.num_levels:
-            raise ValueError(f"ObjGuidedMaskHead: got {n} ROI levels, expected 1..{self.num_levels}")
-        for i, x in enumerate(roi_feats):
-            if x.ndim != 4 or x.shape[1] != self.in_channels[i]:
-                raise ValueError(
-                    f"ObjGuidedMaskHead: level {i} crop must be (1, {self.in_channels[i]}, h, w), "
-                    f"got {tuple(x.shape)}"
-                )
-        x = self.entry[n - 1](roi_feats[n - 1])
-        e2 = x if n == 2 else None
-        for i in range(n - 2, -1, -1):
-            x = self.merges[i](x, roi_feats[i])
-            if i == 1:
-                e2 = x
-        return MaskHeadOutput(mask_logits=self.predictor(self.mask_fcn(x)), e1=x, e2=e2)
-
-    def forward_canvas(self, rois: PackedROIs) -> MaskHeadOutput:
-        """:meth:`forward_single` for every ROI of a packed canvas at once (canvases in, canvases
-        out: e1 and the logits on the level-0 canvas, e2 on the level-1 canvas)."""
         layout = rois.layout
         levels = layout.levels
         if len(levels) > self.num_levels:
@@ -220,31 +214,50 @@ class ObjGuidedMaskHead(nn.Module):
     # ------------------------------------------------------------------------ head interface
     def forward(
         self,
-        rois: Union[PackedROIs, List[List[torch.Tensor]]],
+        rois: Optional[PackedROIs],
         classes: torch.Tensor,
-        gt_roi_masks: Optional[Union[torch.Tensor, List[torch.Tensor]]] = None,
+        gt_roi_masks: Optional[torch.Tensor] = None,
     ):
         """
         Args:
-            rois: R ROIs' crops, packed (:class:`PackedROIs`) or one list of level crops per ROI
-                (the argument of :meth:`forward_single`).
+            rois: R ROIs' crops packed into per-level canvases (:class:`PackedROIs`), or None
+                when there is nothing to segment.
             classes: (R,) int64 class of each ROI.
-            gt_roi_masks: training targets sampled on the ROI grids: (P_0,) at the level-0
-                canvas pixels (packed) or R (h_0, w_0) maps; None at inference.
+            gt_roi_masks: (P_0,) training targets: the GT masks sampled on the ROI grids at the
+                level-0 canvas pixels; None at inference.
         Returns:
             training: {"loss_seg", ["loss_refine"]}; inference: R (h_0, w_0) probability maps of
-            each ROI's class (views into one canvas when packed).
+            each ROI's class (views into one canvas).
         """
+        training = gt_roi_masks is not None
+        if rois is None:
+            return self.weighted_losses(None, None) if training else []
         cidx = self.class_indices(classes)
-        if isinstance(rois, PackedROIs):
-            out = self.forward_canvas(rois)
-            if gt_roi_masks is not None:
-                return canvas_losses(self, rois, out, cidx, gt_roi_masks)
+        out = self.layers(rois)
+        if not training:
             return roi_class_probs(out.mask_logits, rois.layout, cidx)
-        outs = [self.forward_single(r) for r in rois]
-        if gt_roi_masks is None:
-            return [o.mask_logits[0, c].sigmoid() for o, c in zip(outs, cidx.tolist())]
-        return loop_losses(self, outs, cidx.tolist(), gt_roi_masks)
+        lay0 = rois.layout.levels[0]
+        logits = class_logits_at_pixels(out.mask_logits, lay0, cidx)  # (P_0,)
+        refine = None
+        if self.refine_head is not None:
+            refine = point_refine_logits(
+                self.refine_head, rois.layout, out.e1, out.e2, [s[0] for s in rois.level_sizes],
+                logits, gt_roi_masks, cidx, **self.point_rule)
+        return self.weighted_losses(seg_loss(logits, gt_roi_masks, lay0), refine)
+
+    def weighted_losses(self, loss_seg: Optional[torch.Tensor],
+                        refine: Optional[Tuple[torch.Tensor, torch.Tensor]]) -> Dict[str, torch.Tensor]:
+        """``loss_seg`` and ``loss_refine`` (:func:`refine_loss` of ``refine``) with their weights.
+
+        Both stay connected to every head parameter (a zero term) so that a batch with nothing to
+        segment has finite, backward-able losses and DDP sees no unused parameter.
+        """
+        zero = sum(p.sum() for p in self.parameters()) * 0.0
+        losses = {"loss_seg": (zero if loss_seg is None else loss_seg + zero) * self.seg_loss_weight}
+        if self.refine_head is not None:
+            loss_ref = refine_loss(refine)
+            losses["loss_refine"] = (zero if loss_ref is None else loss_ref + zero) * self.refine_loss_weight
+        return losses
 
     def class_indices(self, classes: torch.Tensor) -> torch.Tensor:
         """(R,) logit channel of each class: 0 when class-agnostic."""
@@ -252,73 +265,31 @@ class ObjGuidedMaskHead(nn.Module):
             return torch.zeros_like(classes, dtype=torch.int64)
         return classes.long()
 
-    def check_batchable(self) -> None:
-        """Raise a clear error when a layer mixes ROIs, which the canvas pass cannot reproduce."""
-        for name, m in self.named_modules():
-            if isinstance(m, nn.InstanceNorm2d) and (m.affine or m.track_running_stats):
-                raise ValueError(f"MODEL.OBJGUIDED.BATCHED_SEG: {name} is an affine / tracked "
-                                 "InstanceNorm; only the paper's affine=False one is supported")
-            if isinstance(m, (nn.BatchNorm2d, nn.GroupNorm)) or type(m).__name__ == "FrozenBatchNorm2d":
-                raise ValueError(f"MODEL.OBJGUIDED.BATCHED_SEG: {name} ({type(m).__name__}) mixes "
-                                 "ROIs; set BATCHED_SEG False for this norm")
 
-
-def loop_losses(head: ObjGuidedMaskHead, outs: List[MaskHeadOutput], cidx: List[int],
-                targets: List[torch.Tensor]) -> Dict[str, torch.Tensor]:
-    """The losses of :meth:`ObjGuidedMaskHead.forward_single` outputs, one ROI at a time.
+def seg_loss(pixel_logits: torch.Tensor, pixel_targets: torch.Tensor, lay0: LevelLayout) -> torch.Tensor:
+    """L_seg (method card §4): the mean over ROIs of each ROI's mean per-pixel BCE, so that a
+    large ROI weighs as much as a small one.
 
     Args:
-        outs: R outputs; cidx: R logit channels; targets: R (h_0, w_0) GT ROI masks.
+        pixel_logits: (P_0,) logit of each level-0 canvas pixel for its ROI's class.
+        pixel_targets: (P_0,) GT ROI masks at those pixels, in [0, 1].
+        lay0: the level-0 layout.
+    Returns:
+        scalar.
     """
-    seg, refine = [], []
-    for out, c, target in zip(outs, cidx, targets):
-        logits = out.mask_logits[:, c : c + 1]  # (1, 1, h, w)
-        seg.append(F.binary_cross_entropy_with_logits(logits[0, 0], target.to(logits.dtype)))
-        if head.refine_head is not None:
-            refine.append(roi_refine_logits(head.refine_head, out.e1, out.e2,
-                                            logits.detach().sigmoid(), target, c, **head.point_rule))
-    return seg_refine_losses(head, seg, refine)
+    bce = F.binary_cross_entropy_with_logits(pixel_logits, pixel_targets, reduction="none")
+    per_roi = bce.new_zeros(len(lay0.rois)).index_add(0, lay0.pix_slot, bce)
+    per_roi = per_roi / (lay0.h * lay0.w).to(bce.dtype)  # the mean over ROIs is order-free
+    return per_roi.mean()
 
 
-def canvas_losses(head: ObjGuidedMaskHead, rois: PackedROIs, out: MaskHeadOutput,
-                  cidx: torch.Tensor, target: torch.Tensor) -> Dict[str, torch.Tensor]:
-    """:func:`loop_losses` of a packed canvas (:meth:`ObjGuidedMaskHead.forward_canvas`).
+def refine_loss(refine: Optional[Tuple[torch.Tensor, torch.Tensor]]) -> Optional[torch.Tensor]:
+    """L_refine (method card §4): the BCE over every point entry of both RefineHeads, or None
+    when no point was kept.
 
     Args:
-        cidx: (R,) logit channels; target: (P_0,) GT ROI masks at the level-0 canvas pixels.
+        refine: (logits (M,), soft labels (M,)) from :func:`~.point_refine.point_refine_logits`.
     """
-    lay0 = rois.layout.levels[0]
-    logits = class_logits_at_pixels(out.mask_logits, lay0, cidx)  # (P_0,)
-    bce = F.binary_cross_entropy_with_logits(logits, target, reduction="none")
-    per_slot = bce.new_zeros(len(lay0.rois)).index_add(0, lay0.pix_slot, bce)
-    per_slot = per_slot / (lay0.h * lay0.w).to(bce.dtype)  # the mean over ROIs is order-free
-    refine = []
-    if head.refine_head is not None:
-        refine.append(canvas_refine_logits(
-            head.refine_head, rois.layout, out.e1, out.e2, [s[0] for s in rois.level_sizes],
-            logits, target, cidx, **head.point_rule))
-    return seg_refine_losses(head, [per_slot], refine)
-
-
-def seg_refine_losses(head: ObjGuidedMaskHead, seg_losses: List[torch.Tensor],
-                      refine: List[Optional[tuple]]) -> Dict[str, torch.Tensor]:
-    """Weighted ``loss_seg`` (mean per-ROI BCE; ``seg_losses``: scalars or (R,) per-ROI vectors)
-    and ``loss_refine`` (BCE over all point entries; ``refine``: (logits, labels) pairs or None).
-
-    Both stay connected to every head parameter (a zero term) so that a batch with nothing to
-    segment has finite, backward-able losses and DDP sees no unused parameter.
-    """
-    seg_losses = [x.reshape(-1) for x in seg_losses]
-    seg_losses = [x for x in seg_losses if x.numel()]
-    zero = sum(p.sum() for p in head.parameters()) * 0.0
-    loss_seg = torch.cat(seg_losses).mean() + zero if seg_losses else zero
-    losses = {"loss_seg": loss_seg * head.seg_loss_weight}
-    if head.refine_head is not None:
-        refine = [r for r in refine if r is not None]
-        if refine and sum(r[0].numel() for r in refine) > 0:
-            loss_ref = F.binary_cross_entropy_with_logits(
-                torch.cat([r[0] for r in refine]), torch.cat([r[1] for r in refine])) + zero
-        else:
-            loss_ref = zero
-        losses["loss_refine"] = loss_ref * head.refine_loss_weight
-    return losses
+    if refine is None or refine[0].numel() == 0:
+        return None
+    return F.binary_cross_entropy_with_logits(refine[0], refine[1])

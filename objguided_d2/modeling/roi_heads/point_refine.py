@@ -1,5 +1,5 @@
 """Auxiliary point refinement (method card §4; training only): one place for the paper's
-point rule, its two heads and its logits, for the one-ROI loop and the packed canvases.
+point rule, its two heads and its logits, on the packed ROI canvases.
 
 At uncertain points of a predicted ROI mask, point features of e1 and e2 are read by bilinear
 interpolation and two 1x1 "RefineHead"s classify them against the GT ROI mask read at the same
@@ -7,8 +7,8 @@ points (soft labels). The heads are discarded at inference: they only shape e1 a
 
 Points are box-normalised (x, y) in [0, 1]: 0 and 1 are the enlarged box's edges, which are the
 corner samples of every ROI map (:mod:`.roi_grid`), hence PointRend's ``point_sample`` with
-``align_corners=True``. The point rule is the paper's, not PointRend's: k*N uniform draws, the
-beta*N most uncertain kept, no random fill (:func:`sample_uncertain_points`).
+``align_corners=True``. The point rule is the paper's, not PointRend's: per ROI, k*N uniform draws,
+the beta*N most uncertain kept, no random fill (:func:`point_refine_logits`).
 
 Shapes: P points, (h, w) ROI size, C1 / C2 channels of e1 / e2, R ROIs, D drawn / M kept points.
 """
@@ -17,8 +17,6 @@ from typing import List, Optional, Sequence, Tuple
 import torch
 from torch import nn
 
-from detectron2.projects.point_rend.point_features import point_sample
-
 from .canvas_layout import LevelLayout
 from .canvas_ops import scatter_pixels
 from .roi_grid import bilinear_read, linear_taps
@@ -26,13 +24,11 @@ from .roi_grid import bilinear_read, linear_taps
 __all__ = [
     "calculate_uncertainty",
     "num_refine_points",
-    "sample_uncertain_points",
     "draw_refine_points",
     "select_uncertain_points",
     "sample_canvas_points",
     "PointRefineHead",
-    "roi_refine_logits",
-    "canvas_refine_logits",
+    "point_refine_logits",
 ]
 
 
@@ -52,56 +48,17 @@ def num_refine_points(h: int, w: int, point_divisor: int) -> int:
     return (h * w) // point_divisor
 
 
-def sample_uncertain_points(
-    mask_probs: torch.Tensor,
-    num_points: int,
-    oversample_ratio: float,
-    importance_sample_ratio: float,
-    generator: Optional[torch.Generator] = None,
-) -> torch.Tensor:
-    """Draw k*N uniform random points in the ROI, keep the beta*N most uncertain (method card §4).
-
-    When beta >= k every drawn point is kept (the paper's "uniform" strategies).
-
-    Args:
-        mask_probs: (1, 1, h, w) predicted ROI mask probabilities (read detached).
-        num_points: N.
-        oversample_ratio: k.
-        importance_sample_ratio: beta.
-        generator: optional RNG for the uniform draw.
-    Returns:
-        (P, 2) box-normalised (x, y) in [0, 1], P = min(int(beta*N), int(k*N)).
-    """
-    if mask_probs.ndim != 4 or mask_probs.shape[:2] != (1, 1):
-        raise ValueError(f"sample_uncertain_points: mask_probs must be (1, 1, h, w), got "
-                         f"{tuple(mask_probs.shape)}")
-    if num_points < 0 or oversample_ratio <= 0 or importance_sample_ratio <= 0:
-        raise ValueError(
-            f"sample_uncertain_points: need N >= 0, k > 0, beta > 0; got N={num_points}, "
-            f"k={oversample_ratio}, beta={importance_sample_ratio}"
-        )
-    num_drawn = int(oversample_ratio * num_points)
-    num_kept = min(int(importance_sample_ratio * num_points), num_drawn)
-    coords = torch.rand(num_drawn, 2, generator=generator, dtype=torch.float32)
-    coords = coords.to(mask_probs.device)
-    if num_kept == num_drawn:
-        return coords
-    u = calculate_uncertainty(point_sample(mask_probs.float(), coords[None], align_corners=True))[0, 0]  # (k*N,)
-    top = torch.topk(u, k=num_kept, sorted=False).indices
-    return coords[top]
-
-
 def draw_refine_points(
     level0_sizes: Sequence[Tuple[int, int]],
     point_divisor: int,
     oversample_ratio: float,
     generator: Optional[torch.Generator] = None,
 ) -> List[Optional[torch.Tensor]]:
-    """The uniform draws of ``sample_uncertain_points`` for many ROIs in one RNG call.
+    """The uniform draws of the point rule for many ROIs in one RNG call.
 
-    The per-ROI loop (:func:`sample_uncertain_points`) draws ``torch.rand(int(k*N), 2)`` on the CPU for each ROI with N > 0, in
-    order; one CPU draw of the summed length yields the same numbers, so a seeded loop and the
-    canvas path see identical points.
+    One CPU draw of the summed length yields the same numbers as ``torch.rand(int(k*N), 2)`` per
+    ROI with N > 0, in ROI order (what the one-ROI reference in the tests draws), so both see
+    identical points under the same seed.
 
     Returns:
         per ROI a (int(k*N), 2) CPU tensor, or None where N = 0.
@@ -194,50 +151,7 @@ class PointRefineHead(nn.Module):
         return out
 
 
-def roi_refine_logits(
-    head: PointRefineHead,
-    e1: torch.Tensor,
-    e2: Optional[torch.Tensor],
-    mask_probs: torch.Tensor,
-    gt_roi_mask: torch.Tensor,
-    class_index: int,
-    *,
-    point_divisor: int,
-    oversample_ratio: float,
-    importance_sample_ratio: float,
-) -> Optional[Tuple[torch.Tensor, torch.Tensor]]:
-    """Refinement logits and soft labels of one ROI.
-
-    Args:
-        e1: (1, C1, h, w) level-0 segmentation feature.
-        e2: (1, C2, h1, w1) level-1 feature, or None.
-        mask_probs: (1, 1, h, w) predicted mask probabilities (the instance's class).
-        gt_roi_mask: (h, w) GT mask sampled on the ROI grid.
-        class_index: channel of the heads' output to use (0 when they are class-agnostic).
-    Returns:
-        (logits (M,), labels (M,)) over both heads' entries, or None when N = h*w // D is 0.
-    """
-    h, w = gt_roi_mask.shape
-    n = num_refine_points(h, w, point_divisor)
-    if n == 0:
-        return None
-    coords = sample_uncertain_points(mask_probs, n, oversample_ratio, importance_sample_ratio)
-    if len(coords) == 0:
-        return None
-    coords = coords[None]
-    e2_points = _roi_point_sample(e2, coords) if e2 is not None else None
-    logits = [x[:, class_index] for x in head(_roi_point_sample(e1, coords), e2_points)]  # (1, P) each
-    labels = _roi_point_sample(gt_roi_mask[None, None].to(e1.dtype), coords)[:, 0]  # (1, P)
-    return torch.cat(logits, dim=1).flatten(), labels.repeat(1, len(logits)).flatten()
-
-
-def _roi_point_sample(maps: torch.Tensor, coords: torch.Tensor) -> torch.Tensor:
-    """PointRend's ``point_sample`` at box-normalised points of (N, C, h, w) ROI maps
-    (``align_corners=True``: the corner samples sit on the box's edges)."""
-    return point_sample(maps, coords.to(maps.dtype), align_corners=True)
-
-
-def canvas_refine_logits(
+def point_refine_logits(
     refine_head: PointRefineHead,
     layout,
     e1: torch.Tensor,
@@ -251,9 +165,10 @@ def canvas_refine_logits(
     oversample_ratio: float,
     importance_sample_ratio: float,
 ) -> Optional[Tuple[torch.Tensor, torch.Tensor]]:
-    """:func:`roi_refine_logits` for every ROI of a packed canvas: the same uniform draws
-    (:func:`draw_refine_points`), the most uncertain points per ROI, point features of e1 / e2,
-    the two heads, soft labels.
+    """Refinement logits and soft labels of every ROI of a packed canvas: per ROI k*N uniform
+    draws (:func:`draw_refine_points`, N = h*w // D), its beta*N most uncertain points
+    (:func:`calculate_uncertainty` of the predicted mask), point features of e1 / e2, the two
+    heads, and the GT ROI mask read at the same points as soft labels.
 
     Args:
         layout: the ROIs' ``CanvasLayout``; e1: (1, C1, H_0, W_0) and e2: (1, C2, H_1, W_1)
@@ -264,7 +179,7 @@ def canvas_refine_logits(
         class_index: (R,) int64.
     Returns:
         (logits (M',), labels (M',)) over all entries (e1 head, then e12 head), or None when no
-        point is kept. Same multiset of entries as the per-ROI loop.
+        point is kept.
     """
     draws = draw_refine_points(level0_sizes, point_divisor, oversample_ratio)
     counts = [0 if d is None else len(d) for d in draws]

@@ -1,5 +1,6 @@
-"""The ROI grid (method card §3, §5): the one place of its geometry. Both segmentation paths (the
-one-ROI loop and the packed canvases), the GT-mask sampling and the refinement points use it.
+"""The ROI grid (method card §3, §5): the one place of its geometry. The packed-canvas crops
+(:mod:`.canvas_ops`), the GT-mask sampling, the refinement points and the pasting use it; the
+settings (strides, enlargement, minimum size) are given once, to :class:`~.roi_pooler.ROIGridPooler`.
 
 Pixel-coordinate convention (Detectron2's, used for every box here): input pixel (y, x) covers
 [x, x + 1) x [y, y + 1) and has its centre at (x + 0.5, y + 0.5). A feature cell i at stride s
@@ -23,20 +24,19 @@ Shapes: R ROIs, L levels, C channels, (H, W) map size, (h, w) ROI size.
 from typing import Callable, List, Sequence, Tuple, Union
 
 import torch
-import torch.nn.functional as F
 
 __all__ = [
     "check_boxes",
     "enlarge_boxes",
     "grow_boxes_at_touched_borders",
+    "scale_shift_boxes",
+    "mask_boxes",
     "roi_level_sizes",
     "grid_positions",
     "feature_grid",
     "border_index",
     "linear_taps",
     "bilinear_read",
-    "crop_roi",
-    "crop_mask_roi",
 ]
 
 # ROI sizes are int(enlarge * side / stride); boxes arrive as float32 XYXY, so side lengths carry
@@ -50,7 +50,7 @@ def check_boxes(boxes: torch.Tensor, name: str = "boxes") -> None:
         raise ValueError(f"{name}: expected an (R, 4) XYXY tensor, got shape {tuple(boxes.shape)}")
 
 
-def enlarge_boxes(boxes: torch.Tensor, enlarge: float = 1.1) -> torch.Tensor:
+def enlarge_boxes(boxes: torch.Tensor, enlarge: float) -> torch.Tensor:
     """
     Args:
         boxes: (R, 4) XYXY, input pixels.
@@ -66,7 +66,7 @@ def enlarge_boxes(boxes: torch.Tensor, enlarge: float = 1.1) -> torch.Tensor:
 
 def grow_boxes_at_touched_borders(
     boxes: torch.Tensor, probs: Sequence[torch.Tensor], threshold: float, expand: float,
-    image_size: Tuple[int, int], enlarge: float = 1.0,
+    image_size: Tuple[int, int], enlarge: float,
 ) -> Tuple[torch.Tensor, torch.Tensor]:
     """A box too small for its object truncates the mask. Each side of a box whose mask
     (``p >= threshold``) reaches into the ROI's margin on that side moves out by ``expand`` times
@@ -108,11 +108,70 @@ def grow_boxes_at_touched_borders(
     return grown, (grown - boxes).abs().amax(dim=1) > 1e-6
 
 
+def scale_shift_boxes(boxes: torch.Tensor, scale: torch.Tensor, shift: torch.Tensor,
+                      image_size: Tuple[int, int]) -> torch.Tensor:
+    """Boxes as wrong as a detector's: each side scaled about the box's centre, the centre moved
+    by a fraction of the side, clipped to the image.
+
+    Args:
+        boxes: (R, 4) XYXY, input pixels.
+        scale: (R, 2) factors of width and height (> 0), or a broadcastable scalar tensor.
+        shift: (R, 2) centre displacement along x and y, in box widths / heights.
+        image_size: (H, W).
+    Returns:
+        (R, 4) XYXY, same dtype (computed in float64).
+    """
+    check_boxes(boxes)
+    b = boxes.double()
+    size = b[:, 2:] - b[:, :2]
+    centre = (b[:, :2] + b[:, 2:]) / 2 + shift.double() * size
+    half = size * scale.double() / 2
+    out = torch.cat([centre - half, centre + half], dim=1)
+    h, w = image_size
+    out[:, 0::2] = out[:, 0::2].clamp(0, w)
+    out[:, 1::2] = out[:, 1::2].clamp(0, h)
+    return out.to(boxes.dtype)
+
+
+def mask_boxes(boxes: torch.Tensor, probs: Sequence[torch.Tensor], threshold: float,
+               enlarge: float) -> Tuple[torch.Tensor, torch.Tensor]:
+    """The box of each predicted mask (``p >= threshold``), in input pixels: the ROI map's samples
+    lie on the grid spanning the enlarged box (:func:`grid_positions`), each covering one grid
+    step around it.
+
+    Args:
+        boxes: (R, 4) XYXY the maps were segmented from (before enlargement).
+        probs: R (h_r, w_r) mask probability maps.
+    Returns:
+        (R, 4) mask boxes (the input box where the mask is empty) and (R,) bool: mask not empty.
+    """
+    if len(probs) != len(boxes):
+        raise ValueError(f"mask_boxes: {len(boxes)} boxes but {len(probs)} maps")
+    out = boxes.clone()
+    found = torch.zeros(len(boxes), dtype=torch.bool, device=boxes.device)
+    eb = enlarge_boxes(boxes.double(), enlarge)
+    for r, m in enumerate(probs):
+        on = m >= threshold
+        rows, cols = on.any(dim=1).nonzero().flatten(), on.any(dim=0).nonzero().flatten()
+        if not len(rows):
+            continue
+        h, w = m.shape
+        step_x = (eb[r, 2] - eb[r, 0]) / max(w - 1, 1)
+        step_y = (eb[r, 3] - eb[r, 1]) / max(h - 1, 1)
+        x0 = eb[r, 0] + step_x * (int(cols[0]) - 0.5)
+        x1 = eb[r, 0] + step_x * (int(cols[-1]) + 0.5)
+        y0 = eb[r, 1] + step_y * (int(rows[0]) - 0.5)
+        y1 = eb[r, 1] + step_y * (int(rows[-1]) + 0.5)
+        out[r] = torch.stack([x0, y0, x1, y1]).to(boxes.dtype)
+        found[r] = True
+    return out, found
+
+
 def roi_level_sizes(
     boxes: torch.Tensor,
     strides: Sequence[int],
-    enlarge: float = 1.1,
-    min_size: int = 2,
+    enlarge: float,
+    min_size: int,
 ) -> List[List[Tuple[int, int]]]:
     """ROI size (h, w) of each box at each level, level 0 first.
 
@@ -185,70 +244,3 @@ def bilinear_read(tap: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], x_t
     y0, y1, wy0, wy1 = y_taps
     return (wy0 * (wx0 * tap(y0, x0) + wx1 * tap(y0, x1))
             + wy1 * (wx0 * tap(y1, x0) + wx1 * tap(y1, x1)))
-
-
-def crop_roi(
-    feature: torch.Tensor,
-    box: torch.Tensor,
-    out_hw: Tuple[int, int],
-    stride: float,
-    *,
-    enlarge: float = 1.1,
-    batch_index: int = 0,
-) -> torch.Tensor:
-    """Bilinearly sample a feature map on the ROI grid of ``box`` (see the module docstring).
-
-    Args:
-        feature: (N, C, H, W) or (C, H, W) map at ``stride`` (input pixels per cell).
-        box: (4,) XYXY, input pixels, *before* enlargement.
-        out_hw: (h, w) ROI size, both >= 1.
-        stride: the map's stride.
-        enlarge: box enlargement about its centre.
-        batch_index: which image of an (N, C, H, W) map.
-    Returns:
-        (C, h, w), differentiable w.r.t. ``feature``.
-    """
-    if feature.ndim == 3:
-        feature = feature[None]
-    if feature.ndim != 4:
-        raise ValueError(f"crop_roi: feature must be (N, C, H, W), got {tuple(feature.shape)}")
-    if not 0 <= batch_index < feature.shape[0]:
-        raise ValueError(f"crop_roi: batch_index {batch_index} out of range for {feature.shape[0]} images")
-    h, w = int(out_hw[0]), int(out_hw[1])
-    if h < 1 or w < 1:
-        raise ValueError(f"crop_roi: out_hw must be positive, got {out_hw}")
-    box = torch.as_tensor(box, dtype=torch.float64).reshape(1, 4)
-    x0, y0, x1, y1 = enlarge_boxes(box, enlarge)[0].tolist()
-    fh, fw = feature.shape[-2:]
-
-    def axis(lo, hi, n, extent):
-        j = torch.arange(n, device=feature.device, dtype=torch.float64)
-        g, inside = feature_grid(grid_positions(lo, hi, j, torch.tensor(n)), extent)
-        return g.to(feature.dtype), inside
-
-    gx, in_x = axis(x0, x1, w, stride * fw)
-    gy, in_y = axis(y0, y1, h, stride * fh)
-    grid = torch.stack([gx[None, :].expand(h, w), gy[:, None].expand(h, w)], dim=-1)
-    out = F.grid_sample(
-        feature[batch_index : batch_index + 1], grid[None], mode="bilinear",
-        padding_mode="border", align_corners=False,
-    )[0]
-    inside = (in_y[:, None] & in_x[None, :]).to(out.dtype)
-    return out * inside
-
-
-def crop_mask_roi(
-    mask: torch.Tensor, box: torch.Tensor, out_hw: Tuple[int, int], *, enlarge: float = 1.1
-) -> torch.Tensor:
-    """Sample a ground-truth mask on the same ROI grid as :func:`crop_roi` (soft at edges).
-
-    Args:
-        mask: (H, W) bool/uint8/float bitmask at input resolution (stride 1).
-        box: (4,) XYXY, input pixels, before enlargement.
-        out_hw: (h, w) level-0 ROI size.
-    Returns:
-        (h, w) float in [0, 1].
-    """
-    if mask.ndim != 2:
-        raise ValueError(f"crop_mask_roi: mask must be (H, W), got {tuple(mask.shape)}")
-    return crop_roi(mask[None].float(), box, out_hw, 1, enlarge=enlarge)[0]

@@ -9,7 +9,7 @@ import pycocotools.mask as mask_util
 import pytest
 import tifffile
 
-from objguided_d2.data.synthetic import FAMILIES, generate_synthetic_dataset, render_sample
+from objguided_d2.data.datasets.synthetic import FAMILIES, generate_synthetic_dataset, render_sample
 
 SMALL = dict(image_size=64, num_train=3, num_val=1, num_test=1)
 
@@ -145,7 +145,7 @@ def test_bad_arguments():
 def test_join_diagonal_pieces_makes_thin_lines_4_connected():
     import cv2
 
-    from objguided_d2.data.synthetic import join_diagonal_pieces
+    from objguided_d2.data.datasets.synthetic_shapes import join_diagonal_pieces
 
     label = np.zeros((20, 20), np.uint16)
     for i in range(15):
@@ -161,7 +161,7 @@ def test_join_diagonal_pieces_makes_thin_lines_4_connected():
 def test_neural_cells_are_mostly_one_4_connected_piece():
     import cv2
 
-    from objguided_d2.data.synthetic import render_sample
+    from objguided_d2.data.datasets.synthetic import render_sample
 
     fractions = []
     for i in range(4):
