@@ -10,8 +10,7 @@ from typing import Dict, Iterator, List, NamedTuple, Optional, Sequence
 
 import numpy as np
 
-__all__ = ["Failed", "spatial_shape", "planes", "plane_name", "check_image", "check_labels", "bgr_planes",
-           "stack_labels", "measure_rows"]
+__all__ = ["Failed", "spatial_shape", "planes", "plane_name", "check_image", "check_labels", "stack_labels", "measure_rows"]
 
 
 class Failed(NamedTuple):
@@ -60,13 +59,6 @@ def check_labels(labels: np.ndarray, image: np.ndarray, rgb: bool) -> None:
         raise ValueError(f"labels dtype {labels.dtype} is not an integer type; labels must hold one integer id per object")
     if labels.size and labels.min() < 0:
         raise ValueError(f"labels hold negative ids (min {labels.min()}); expected 0 = background and positive ids")
-
-
-def bgr_planes(data, rgb: bool) -> List[np.ndarray]:
-    """Each plane of image layer data as (H, W, 3) uint8 BGR, normalised exactly as predict does."""
-    from objguided_d2.data.io import to_bgr_uint8
-
-    return [to_bgr_uint8(p) for p in planes(np.asarray(data), rgb)]
 
 
 def stack_labels(per_plane: Sequence[np.ndarray], lead_shape) -> (np.ndarray, List[int]):

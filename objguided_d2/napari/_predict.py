@@ -72,11 +72,17 @@ def default_tiling(model: LoadedModel, tile_size=None, overlap=None) -> Tuple[in
     return tile, overlap
 
 
+def _segment_bgr(image_bgr, model, tile, overlap, progress=None):
+    dets = predict_tiled(image_bgr, model.predictor, tile_size=tile, overlap=overlap, progress=progress)
+    return label_image(dets, image_bgr.shape[:2])
+
+
 def segment_image(image: np.ndarray, model: LoadedModel, *, tile_size=None, overlap=None, progress=None):
-    """(labels, kept) of one (H, W, 3) uint8 BGR image, tiled like the CLI."""
+    """(labels, kept) of one (H, W[, C]) RGB(A) image of any dtype, normalised and tiled like the CLI."""
+    from objguided_d2.data.io import to_bgr_uint8
+
     tile, overlap = default_tiling(model, tile_size, overlap)
-    dets = predict_tiled(image, model.predictor, tile_size=tile, overlap=overlap, progress=progress)
-    return label_image(dets, image.shape[:2])
+    return _segment_bgr(to_bgr_uint8(np.asarray(image)), model, tile, overlap, progress)
 
 
 @dataclass
@@ -145,7 +151,7 @@ def predict_to_folder(inputs: Sequence[str], output_dir: str, model: LoadedModel
                 for f in out.values():
                     if f and os.path.exists(f) and not options.overwrite:
                         raise OutputExistsError(f"{f}: output file exists (choose another output folder)")
-                labels, kept = segment_image(page.image, model, tile_size=tile, overlap=overlap)
+                labels, kept = _segment_bgr(page.image, model, tile, overlap)
                 image_id = len(images) + 1
                 r, c = measure_objects(labels, kept, image_name=name, image_id=image_id,
                                        class_names=model.class_names, category_ids=model.category_ids)

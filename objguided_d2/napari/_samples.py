@@ -15,10 +15,9 @@ _NAMES = {"nuclei": "nuclei", "neural": "neural cells", "leaves": "leaves"}
 def render(family: str, index: int):
     """(image, labels) of one synthetic sample: RGB or gray uint8, uint16 labels.
 
-    The one place that knows where the synthetic generator lives (it may move to
-    ``objguided_d2.data.datasets.synthetic``).
+    The one place that knows where the synthetic generator lives.
     """
-    from objguided_d2.data.synthetic import render_sample
+    from objguided_d2.data.datasets.synthetic import render_sample
 
     return render_sample(family, IMAGE_SIZE, seed=0, split="test", index=index)
 

@@ -8,7 +8,7 @@ from napari.layers import Image
 from napari.qt.threading import thread_worker
 from napari.utils.notifications import show_error, show_info
 
-from ._layers import Failed, bgr_planes, check_image, plane_name, spatial_shape, stack_labels
+from ._layers import Failed, check_image, plane_name, planes, spatial_shape, stack_labels
 from ._model_picker import ModelPicker, layer_choices
 from ._predict import ModelError, default_tiling, segment_image
 from ._training import model_channels
@@ -96,7 +96,7 @@ class SegmentWidget(Container):
         loaded = self.model.load()
         tile, overlap = default_tiling(loaded, self.tile_size.value or None,
                                        None if self.overlap.value < 0 else self.overlap.value)
-        images = bgr_planes(data, rgb)
+        images = list(planes(np.asarray(data), rgb))
         per_plane, rows = [], []
         yield 0, len(images)
 

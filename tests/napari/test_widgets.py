@@ -131,7 +131,7 @@ def test_folder_widget_matches_cli(viewer, qtbot, model_dir, tmp_path, notes):
 
 
 def test_add_to_training_set(viewer, qtbot, tmp_path, notes):
-    from objguided_d2.data.formats import convert_to_coco
+    from objguided_d2.data.datasets import convert_to_coco
     from objguided_d2.napari._train_widget import TrainWidget
 
     viewer.open_sample("objguided-d2", "nuclei")
