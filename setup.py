@@ -49,7 +49,7 @@ setup(
         "fast-eval": ["faster-coco-eval>=1.6"],
         "test": ["pytest>=7", "hypothesis>=6", "faster-coco-eval>=1.6", "pytest-qt>=4"],
         # The napari plugin (docs/napari.md): widgets, sample data, writers.
-        "napari": ["napari>=0.5", "magicgui>=0.8", "npe2>=0.7", "PyQt5>=5.15", "pandas"],
+        "napari": ["napari>=0.5", "magicgui>=0.8", "npe2>=0.7", "PyQt6>=6.5", "pandas"],
     },
     entry_points={
         "console_scripts": [
