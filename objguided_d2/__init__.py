@@ -4,6 +4,14 @@
 Importing this package registers every component (backbone, proposal generator, ROI heads,
 meta-architecture, datasets, evaluators) in Detectron2's registries.
 """
+import sys as _sys
+
+# Loaded into a running napari (the plugin): torchvision imports triton through torch._dynamo, and
+# triton's bundled LLVM segfaults a process whose OpenGL canvas already loaded Mesa's LLVM
+# (llvmpipe, Xvfb, radeonsi). Prediction never uses triton; the training subprocess is unaffected.
+if "napari" in _sys.modules and "triton" not in _sys.modules:
+    _sys.modules["triton"] = None
+
 # Before anything imports Detectron2: see _quiet.py (one dependency warning, at import only).
 from ._quiet import import_quietly as _import_quietly
 

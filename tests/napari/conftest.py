@@ -4,7 +4,8 @@ import os
 
 import pytest
 
-os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")  # before pytest-qt makes the QApplication
+if not os.environ.get("DISPLAY"):  # before pytest-qt makes the QApplication; under Xvfb use it
+    os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
 pytest.importorskip("napari")
 pytest.importorskip("pytestqt")
 
