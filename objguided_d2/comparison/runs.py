@@ -76,7 +76,7 @@ def compare_order(runs_dir: str, run_ids: Sequence[str]) -> List[str]:
     """``run_ids`` in the order of the comparison's table (``results.json`` beside ``runs_dir``),
     so that every report lists the methods as the comparison does; ids it does not name follow,
     sorted."""
-    from .runner import read_record
+    from .records import read_record
 
     results = read_record(os.path.join(os.path.dirname(os.path.abspath(runs_dir)), "results.json"))
     order = [m.get("id") for m in results.get("methods", []) if isinstance(m, dict)]
@@ -89,7 +89,7 @@ def run_name(runs_dir: str, run_id: str) -> str:
     whose folder is ``runs/Ours``), from the folder's ``results.json``; else from its config file
     (``compare_run.json``); else from the run id."""
     from .presets import display_name
-    from .runner import RUN_META, read_record
+    from .records import RUN_META, read_record
 
     results = read_record(os.path.join(os.path.dirname(os.path.abspath(runs_dir)), "results.json"))
     for m in results.get("methods", []):
