@@ -72,7 +72,7 @@ import numpy as np
 from objguided_d2.config import config_chain
 
 from .presets import PRESETS, REPO_ROOT, Method, MethodSpecError, parse_methods
-from .records import file_sha256, is_archived
+from .records import file_sha256
 from .runner import ARCHIVED_NO_REEVAL, MethodResult, MethodRunner
 from .settings import BEST_F1, Budget, EvalSettings, SettingError, vis_score_arg
 
@@ -235,7 +235,8 @@ def _plan(parser: argparse.ArgumentParser, args) -> _Plan:
     return _Plan(base, train_name, test_name, methods, budget, settings, device, opts)
 
 
-def _write_figures(results: Sequence[MethodResult], plan: _Plan, out: str) -> Tuple[Dict[str, str], List, List[str]]:
+def _write_figures(results: Sequence[MethodResult], plan: _Plan,
+                   out: str) -> Tuple[Dict[str, str], List, List[str]]:
     """``ap_vs_iou.png``, ``curves.png``, ``qualitative.png``: ``(files written, crop windows,
     errors)``; a failing figure is reported, never loses the table."""
     from . import plots
@@ -283,10 +284,8 @@ def _write_figures(results: Sequence[MethodResult], plan: _Plan, out: str) -> Tu
 
 def _failure(r: MethodResult) -> str:
     """One failed method for the summary, naming the flag that helps where there is one."""
-    reason = r.reason
-    if r.stage == "eval" and r.reason == ARCHIVED_NO_REEVAL and is_archived(r.run_dir):
-        reason += "; use --retrain"
-    return f"{r.name} ({r.stage}: {reason}; log {r.log})"
+    hint = "; use --retrain" if r.reason == ARCHIVED_NO_REEVAL else ""
+    return f"{r.name} ({r.stage}: {r.reason}{hint}; log {r.log})"
 
 
 def _notes(plan: _Plan, size_str: str, env: Dict, results: Sequence[MethodResult]) -> List[str]:

@@ -11,7 +11,8 @@ import re
 from dataclasses import dataclass
 from typing import Dict, List, Optional, Sequence, Tuple
 
-__all__ = ["Method", "MethodSpecError", "Preset", "PRESETS", "REPO_ROOT", "display_name", "parse_methods", "default_configs"]
+__all__ = ["Method", "MethodSpecError", "Preset", "PRESETS", "REPO_ROOT", "display_name", "parse_methods",
+           "default_configs"]
 
 # The configs live in the repository next to the package (editable install).
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))

@@ -27,7 +27,7 @@ from .presets import Method
 from .progress import StageTimes, format_duration, watch_training
 from .settings import Budget, EvalSettings
 
-__all__ = ["MethodResult", "MethodRunner"]
+__all__ = ["ARCHIVED_NO_REEVAL", "MethodResult", "MethodRunner"]
 
 
 @dataclass

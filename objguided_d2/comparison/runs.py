@@ -5,7 +5,8 @@ from __future__ import annotations
 import os
 from typing import List, Optional, Sequence, Tuple
 
-__all__ = ["add_compare_dir_arguments", "DatasetNotFound", "resolve_dataset", "dataset_from_args", "finished_runs", "run_name", "open_compare_dir", "write_report", "load_run"]
+__all__ = ["add_compare_dir_arguments", "DatasetNotFound", "resolve_dataset", "dataset_from_args", "finished_runs",
+           "run_name", "open_compare_dir", "write_report", "load_run"]
 
 
 def add_compare_dir_arguments(parser, methods_help: str = "run folder names (default: every finished run)") -> None:
