@@ -178,7 +178,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     from objguided_d2.data.io import DataError
 
     from .inputs import collect_inputs, iter_pages
-    from .predictor import InstancePredictor, ModelError, load_config, resolve_model_dir
+    from .predictor import InstancePredictor, ModelError, load_predict_config, resolve_model_dir
     from .tiling import predict_tiled
     from .writers import (
         OutputExistsError, label_image, measure_objects, write_csv, write_json, write_label_tif,
@@ -209,7 +209,7 @@ def main(argv: Optional[List[str]] = None) -> int:
                 input_scale = diameter_scale(stats["median_diameter_input"], args.diameter)
             except ValueError as e:
                 raise ModelError(str(e)) from e
-        cfg = load_config(config_file, args.opts or (), score_thresh=args.score_thresh,
+        cfg = load_predict_config(config_file, args.opts or (), score_thresh=args.score_thresh,
                           mask_thresh=args.mask_thresh, device=args.device)
         predictor = InstancePredictor(cfg, weights or cfg.MODEL.WEIGHTS, score_thresh=args.score_thresh,
                                       mask_thresh=args.mask_thresh,
