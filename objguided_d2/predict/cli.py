@@ -6,6 +6,7 @@ Usage::
     objguided-predict data/*.tif --config-file config.yaml --weights model_final.pth \\
         --output results/ --device cuda --score-thresh 0.5 --overlay
     python tools/predict.py plates/ --recursive --model-dir output/my_run --output results/
+    python -m objguided_d2.predict IMAGES... --model-dir output/my_run --output results/
 
 IMAGES are files, folders (``--recursive`` to descend) or quoted glob patterns
 (``"plates/**/*.png"``). PNG, JPEG, BMP and TIFF are read: 8/16/32-bit, grayscale, RGB or RGBA;
@@ -56,6 +57,10 @@ the original pixel grid (``objguided_d2/predict/size.py``).
 
 Unreadable inputs are reported one line each and skipped; the exit code is 0 if every image was
 processed, 1 if some failed, 2 for a usage or model error.
+
+From Python (a notebook, a napari widget): :mod:`objguided_d2.predict.pipeline` (``load_predictor``,
+``segment_image``, ``predict_to_folder``); this module only parses the command line and maps the
+library's errors to messages and exit codes.
 """
 import argparse
 import logging
