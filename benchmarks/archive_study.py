@@ -30,7 +30,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     p.add_argument("compare_dir", help="a tools/compare.py output folder (left unchanged)")
     p.add_argument("dest", help="the archive folder (created; its runs are updated)")
     args = p.parse_args(argv)
-    from objguided_d2.comparison.runner import archive_runs
+    from objguided_d2.comparison.records import archive_runs
 
     try:
         status = archive_runs(args.compare_dir, args.dest)

@@ -112,12 +112,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     args = get_parser().parse_args(argv)
     from detectron2.data import DatasetCatalog, MetadataCatalog
 
-    from objguided_d2.comparison.runs import finished_runs, resolve_dataset, run_name, write_report
+    from objguided_d2.comparison.runs import dataset_from_args, finished_runs, run_name, write_report
     from objguided_d2.evaluation.errors import ERROR_KINDS, error_breakdown, gt_neighbourhood
     from objguided_d2.evaluation.evaluator import gt_instances_from_dict
 
     try:
-        dataset = resolve_dataset(args.dataset, args.dataset_name, args.split)
+        dataset = dataset_from_args(args)
         # the saved predictions, not the weights: archived runs have no model_final.pth
         runs_dir, ids = finished_runs(args.compare_dir, args.methods, required=(RESULTS,),
                                       hint="evaluate it with tools/compare.py first")

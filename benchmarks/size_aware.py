@@ -57,13 +57,13 @@ def main(argv=None):
 
     from objguided_d2.data.datasets.synthetic import render_sample
     from objguided_d2.data.object_size import read_size_stats, write_size_stats
-    from objguided_d2.predict.predictor import InstancePredictor, load_config, resolve_model_dir
+    from objguided_d2.predict.predictor import InstancePredictor, load_predict_config, resolve_model_dir
     from objguided_d2.predict.size import diameter_scale
     from objguided_d2.predict.tiling import predict_tiled
     from objguided_d2.predict.writers import label_image
 
     config, weights = resolve_model_dir(args.model_dir)
-    cfg = load_config(config, device="cpu")
+    cfg = load_predict_config(config, device="cpu")
     try:
         stats = read_size_stats(args.model_dir)
     except ValueError:  # a model trained before object_size.json existed: measure its training set now

@@ -1,6 +1,6 @@
 """All configuration keys of objguided-d2, added by :func:`add_objguided_config`.
 
-Defaults are the paper's / the authors' code's values (method card, ``../shared/method-card.md``);
+Defaults are the paper's / the authors' code's values (docs/method.md);
 where paper and code differ the code is the default and the paper's choice is an option.
 
 :func:`load_config` is the one way a config file is read (safe YAML, ``_BASE_`` files included).
@@ -25,7 +25,7 @@ def add_objguided_config(cfg: CN) -> CN:
         return cfg
 
     _C = cfg
-    # ------------------------------------------------------------ data augmentation (method card §6)
+    # ------------------------------------------------------------ data augmentation (docs/method.md §6)
     # Train with the paper's augmentation (ObjGuidedDatasetMapper): square crop + flip + warp to
     # INPUT.TRAIN_SIZE. False = Detectron2's default (ResizeShortestEdge + INPUT.RANDOM_FLIP).
     _C.INPUT.SQUARE_CROP_ON = True
@@ -54,7 +54,7 @@ def add_objguided_config(cfg: CN) -> CN:
     _C.MODEL.OBJGUIDED = CN()
     og = _C.MODEL.OBJGUIDED
 
-    # ---------------------------------------------------------------- backbone (method card §1)
+    # ---------------------------------------------------------------- backbone (docs/method.md §1)
     # Output channels of c0: two 3x3 conv+ReLU on the input image (3 -> C0 -> C0), stride 1.
     og.C0_CHANNELS = 64
     # Output channels of the detection decoder d2, d3, d4 (strides 4, 8, 16). Empty list = same as
@@ -63,7 +63,7 @@ def add_objguided_config(cfg: CN) -> CN:
     # Normalisation in the decoder's "B" merge modules ("BN" in the paper; "GN", "SyncBN", "" ok).
     og.DECODER_NORM = "BN"
 
-    # ---------------------------------------------------- center-point detector (method card §2)
+    # ---------------------------------------------------- center-point detector (docs/method.md §2)
     # Feature the heatmap / wh / offset heads read (stride = output stride n, the "down ratio").
     og.DET_IN_FEATURE = "d2"
     # Hidden channels of the heatmap, wh and offset heads.
@@ -104,7 +104,7 @@ def add_objguided_config(cfg: CN) -> CN:
     # Decoding: keep peaks with heatmap score > this threshold (inference).
     og.SCORE_THRESH_TEST = 0.3
 
-    # --------------------------------------------- object-guided segmentation (method card §3)
+    # --------------------------------------------- object-guided segmentation (docs/method.md §3)
     # Features cropped per instance, shallow to deep, at strides 1, 2, 4, 8, 16 (the deep levels
     # are the detector's decoder: the "object guidance").
     og.SEG_IN_FEATURES = ["c0", "c1", "d2", "d3", "d4"]
@@ -144,7 +144,7 @@ def add_objguided_config(cfg: CN) -> CN:
     # ... from this iteration on (the detector's early boxes are noise).
     og.TRAIN_DETECTED_BOXES_WARMUP = 500
 
-    # ------------------------------------------ auxiliary point refinement (method card §4)
+    # ------------------------------------------ auxiliary point refinement (docs/method.md §4)
     # Train with the auxiliary refinement loss; False gives "Ours w/o refine".
     og.REFINE_ON = True
     # k: draw k*N random points per ROI, N = H*W // D.
@@ -156,7 +156,7 @@ def add_objguided_config(cfg: CN) -> CN:
     # Refinement loss weight.
     og.REFINE_LOSS_WEIGHT = 1.0
 
-    # ------------------------------------------------------------ inference (method card §5)
+    # ------------------------------------------------------------ inference (docs/method.md §5)
     # Probability threshold of a pasted mask.
     og.MASK_THRESHOLD = 0.5
     # Mask NMS: suppress a mask whose IoU with a higher-scored one exceeds this (<= 0 disables).
@@ -176,7 +176,7 @@ def add_objguided_config(cfg: CN) -> CN:
     # instance's score (its heatmap peak) is multiplied by the mean probability of its mask's pixels.
     og.MASK_RESCORE_TEST = False
 
-    # ------------------------------------------------------------ evaluation (method card §7)
+    # ------------------------------------------------------------ evaluation (docs/method.md §7)
     # Run the paper's APseg/APdec + CTC/LSC challenge metrics beside COCO AP (build_evaluators).
     _C.TEST.PAPER_METRICS_ON = True
     # Score threshold of predictions painted into the challenge metrics' label maps (AP uses all).

@@ -144,3 +144,17 @@ def test_run_folder_config_from_before_one_segmentation_path_still_loads():
     assert "BATCHED_SEG" not in cfg.MODEL.OBJGUIDED
     with pytest.raises(Exception, match="NOT_A_KEY"):
         load_config(path, ["MODEL.OBJGUIDED.NOT_A_KEY", "1"])
+
+
+def test_every_objguided_key_is_documented():
+    """docs/configs.md has a row for every key add_objguided_config adds under MODEL.OBJGUIDED."""
+    from detectron2.config import get_cfg
+
+    from objguided_d2 import add_objguided_config
+
+    with open(os.path.join(ROOT, "docs", "configs.md"), encoding="utf-8") as f:
+        doc = f.read()
+    keys = list(add_objguided_config(get_cfg()).MODEL.OBJGUIDED.keys())
+    assert len(keys) > 30
+    missing = [k for k in keys if f"`MODEL.OBJGUIDED.{k}`" not in doc]
+    assert not missing, f"docs/configs.md lacks {missing}"

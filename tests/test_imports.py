@@ -66,3 +66,32 @@ def test_scripts_import_their_own_checkout(tmp_path):
         proc = subprocess.run([sys.executable, os.path.join(root, script), "--help"], cwd=str(tmp_path), env=env,
                               capture_output=True, text=True, timeout=300)
         assert proc.returncode == 0 and "other checkout" not in proc.stderr, (script, proc.stderr[-2000:])
+
+
+def test_data_does_not_import_predict():
+    # Layers run downward: data is read by training and prediction, so it must not need predict.
+    import ast
+    import os
+
+    root = os.path.dirname(objguided_d2.__file__)
+    offenders = []
+    for folder, _, files in os.walk(os.path.join(root, "data")):
+        for name in files:
+            if not name.endswith(".py"):
+                continue
+            path = os.path.join(folder, name)
+            with open(path) as f:
+                tree = ast.parse(f.read(), path)
+            pkg = "objguided_d2" + folder[len(root):].replace(os.sep, ".")
+            for node in ast.walk(tree):
+                if isinstance(node, ast.Import):
+                    mods = [a.name for a in node.names]
+                elif isinstance(node, ast.ImportFrom):
+                    base = pkg.rsplit(".", node.level - 1)[0] if node.level else ""
+                    mod = ".".join(p for p in (base, node.module) if p)
+                    mods = [mod] + [f"{mod}.{a.name}" for a in node.names]  # `from objguided_d2 import predict`
+                else:
+                    continue
+                offenders += [f"{path}:{node.lineno} {m}" for m in mods
+                              if m == "objguided_d2.predict" or m.startswith("objguided_d2.predict.")]
+    assert not offenders, offenders

@@ -24,7 +24,7 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
 
     from objguided_d2.comparison.plots import plot_training_curves
-    from objguided_d2.comparison.runner import read_metrics
+    from objguided_d2.comparison.progress import read_metrics
     from objguided_d2.predict.writers import OutputExistsError
 
     runs = {}

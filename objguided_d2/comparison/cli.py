@@ -64,12 +64,17 @@ import shlex
 import sys
 import time
 import traceback
-from typing import Dict, List, Optional, Sequence
+from dataclasses import dataclass
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from .presets import PRESETS, REPO_ROOT, parse_methods
-from .runner import BEST_F1, Budget, EvalSettings, MethodRunner, config_chain, file_sha256, vis_score_arg
+from objguided_d2.config import config_chain
+
+from .presets import PRESETS, REPO_ROOT, Method, MethodSpecError, parse_methods
+from .records import file_sha256
+from .runner import ARCHIVED_NO_REEVAL, MethodResult, MethodRunner
+from .settings import BEST_F1, Budget, EvalSettings, SettingError, vis_score_arg
 
 __all__ = ["get_parser", "main"]
 
@@ -157,21 +162,33 @@ def _print_block(text: str) -> None:
     print(text, flush=True)
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
-    parser = get_parser()
-    args = parser.parse_args(argv)
-    preset = PRESETS[args.preset or "demo"]
-    t_start = time.time()
+# The flag of each library setting (SettingError.name).
+_FLAGS = {"iters": "--iters", "batch": "--batch", "input_size": "--input-size", "jobs": "--jobs"}
 
+
+@dataclass
+class _Plan:
+    """What is compared, on what, with which budget (from the arguments and the preset)."""
+
+    base: str
+    train_name: str
+    test_name: str
+    methods: List[Method]
+    budget: Budget
+    settings: EvalSettings
+    device: str
+    opts: List[str]
+
+
+def _plan(parser: argparse.ArgumentParser, args) -> _Plan:
+    """Check every argument before anything is trained; a bad one exits with code 2."""
     import objguided_d2  # noqa: F401  (registers the embedded datasets)
     from detectron2.data import DatasetCatalog
 
     from objguided_d2.config import load_config
     from objguided_d2.data.register import parse_dataset_spec, register_dataset_spec
 
-    from . import plots, report
-
-    # ----- what to compare, on what, with which budget
+    preset = PRESETS[args.preset or "demo"]
     try:
         for spec in args.dataset:
             register_dataset_spec(spec)
@@ -206,63 +223,38 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
             if not torch.cuda.is_available():
                 raise ValueError(f"--device {device}: CUDA is not available on this machine (use --device cpu)")
+    except SettingError as e:
+        parser.error(f"{_FLAGS.get(e.name, e.name)} {e.problem}")  # exits with code 2
+    except MethodSpecError as e:
+        parser.error(f"--configs: {e}")
     except (ValueError, FileNotFoundError) as e:
-        parser.error(str(e))  # exits with code 2
-
-    out = os.path.abspath(args.output)
-    os.makedirs(os.path.join(out, "runs"), exist_ok=True)
+        parser.error(str(e))
     opts = list(preset.opts if args.preset else ()) + list(args.opts or [])  # --opts last: they win
     if len(opts) % 2:
         parser.error(f"--opts needs KEY VALUE pairs, got {len(opts)} items: {opts}")
-    print(f"Comparing {len(methods)} methods on {train_name} -> {test_name}: {budget.iters} iterations, "
-          f"batch {budget.batch}, input {budget.input_size or 'configs'} px, seed {budget.seed}, device {device}; "
-          f"output {out}", flush=True)
-    for m in methods:
-        print(f"  - {m.name}: {os.path.relpath(m.config_file, REPO_ROOT)} -> runs/{m.id}", flush=True)
+    return _Plan(base, train_name, test_name, methods, budget, settings, device, opts)
 
-    runner = MethodRunner(
-        out, budget=budget, datasets=args.dataset, train_name=train_name, test_name=test_name, device=device,
-        user_opts=opts, eval_settings=settings, threads=args.threads, jobs=args.jobs, retrain=args.retrain,
-        reeval=args.reeval,
-    )
-    results = runner.run(methods)
 
-    # ----- report
-    report_errors: List[str] = []
-    size_str = f"{budget.input_size}x{budget.input_size}" if budget.input_size else "configs'"
-    rows = report.table_rows(results, size_str, out)
-    env = report.environment_info(device, args.threads)
-    speed_env = next((r.eval.get("speed") for r in results if r.ok and r.eval.get("speed")), {})
-    notes = [
-        f"Dataset: train `{train_name}`, evaluated on `{test_name}`. Shared budget: {budget.iters} iterations, "
-        f"batch {budget.batch}, input {size_str}, seed {budget.seed}.",
-        "AP in percent: APdec / APseg are the paper's VOC-style AP averaged over IoU 0.50:0.05:0.95 "
-        "(results.json has every threshold); APdec scores the box of each final mask (the authors' evaluation), "
-        "APdec (det box) the detector's own box; COCO AP from pycocotools; SEG, DET F1, bestDice, FgBgDice in percent; "
-        "absDiffFG (mean |DiffFG|) in objects per image.",
-        f"FPS: {speed_env.get('num_images', settings.speed_images)} test images, one per call, "
-        f"{settings.warmup} warm-up calls, median of {settings.repeats} passes, on "
-        f"{speed_env.get('device_name', env['device_name'])} ({speed_env.get('device', device)}) with "
-        f"{speed_env.get('torch_threads', env['torch_threads'])} torch threads.",
-    ]
-    title = f"# Comparison on {base} ({test_name})"
-    table_text = report.write_table_md(rows, os.path.join(out, "table.md"), title=title, notes=notes)
-    report.write_table_csv(rows, os.path.join(out, "table.csv"))
+def _write_figures(results: Sequence[MethodResult], plan: _Plan,
+                   out: str) -> Tuple[Dict[str, str], List, List[str]]:
+    """``ap_vs_iou.png``, ``curves.png``, ``qualitative.png``: ``(files written, crop windows,
+    errors)``; a failing figure is reported, never loses the table."""
+    from . import plots
+    from .progress import read_metrics
 
-    files = {"table_md": "table.md", "table_csv": "table.csv"}
+    files, windows, errors = {}, [], []
     curves = {}
     for r in results:
         c = (r.eval.get("curves") or {}) if r.ok else {}
         curves[r.name] = (c["iou_thresholds"], c["APseg_curve"]) if c.get("APseg_curve") else None
     try:
-        plots.plot_ap_vs_iou(curves, os.path.join(out, "ap_vs_iou.png"), title=f"APseg vs IoU threshold on {test_name}")
+        plots.plot_ap_vs_iou(curves, os.path.join(out, "ap_vs_iou.png"),
+                             title=f"APseg vs IoU threshold on {plan.test_name}")
         files["ap_vs_iou"] = "ap_vs_iou.png"
     except Exception as e:  # noqa: BLE001  (a figure must not lose the table)
-        report_errors.append(f"ap_vs_iou.png: {type(e).__name__}: {e}")
+        errors.append(f"ap_vs_iou.png: {type(e).__name__}: {e}")
         traceback.print_exc()
     try:  # curves.png: loss per iteration and APseg at evaluated checkpoints (learning_curve.json)
-        from .runner import read_metrics
-
         lc = os.path.join(out, "learning_curve.json")
         table = {}
         if os.path.isfile(lc):
@@ -272,34 +264,104 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                           if isinstance(v.get("APseg"), (int, float))} for r in results}
         plots.plot_training_curves({r.name: read_metrics(os.path.join(r.run_dir, "metrics.json")) for r in results},
                                    os.path.join(out, "curves.png"), extra_points=extra,
-                                   title=f"Training curves ({budget.iters} iterations)")
+                                   title=f"Training curves ({plan.budget.iters} iterations)")
         files["curves"] = "curves.png"
     except Exception as e:  # noqa: BLE001
-        report_errors.append(f"curves.png: {type(e).__name__}: {e}")
+        errors.append(f"curves.png: {type(e).__name__}: {e}")
         traceback.print_exc()
-    windows = []
     try:
-        n_vis = settings.vis_images
+        n_vis = plan.settings.vis_images
         if n_vis > 0:
-            images, gts, titles = _load_ground_truth(test_name, n_vis)
+            images, gts, titles = _load_ground_truth(plan.test_name, n_vis)
             preds = _predictions_for_plot(results, len(images))
             windows = plots.plot_qualitative(images, gts, preds, os.path.join(out, "qualitative.png"), titles=titles)
             files["qualitative"] = "qualitative.png"
     except Exception as e:  # noqa: BLE001
-        report_errors.append(f"qualitative.png: {type(e).__name__}: {e}")
+        errors.append(f"qualitative.png: {type(e).__name__}: {e}")
         traceback.print_exc()
+    return files, windows, errors
+
+
+def _failure(r: MethodResult) -> str:
+    """One failed method for the summary, naming the flag that helps where there is one."""
+    hint = "; use --retrain" if r.reason == ARCHIVED_NO_REEVAL else ""
+    return f"{r.name} ({r.stage}: {r.reason}{hint}; log {r.log})"
+
+
+def _notes(plan: _Plan, size_str: str, env: Dict, results: Sequence[MethodResult]) -> List[str]:
+    """The notes under the table: data, budget, what the AP columns mean, how FPS was timed."""
+    budget, settings = plan.budget, plan.settings
+    speed_env = next((r.eval.get("speed") for r in results if r.ok and r.eval.get("speed")), {})
+    return [
+        f"Dataset: train `{plan.train_name}`, evaluated on `{plan.test_name}`. Shared budget: {budget.iters} "
+        f"iterations, batch {budget.batch}, input {size_str}, seed {budget.seed}.",
+        "AP in percent: APdec / APseg are the paper's VOC-style AP averaged over IoU 0.50:0.05:0.95 "
+        "(results.json has every threshold); APdec scores the box of each final mask (the authors' evaluation), "
+        "APdec (det box) the detector's own box; COCO AP from pycocotools; SEG, DET F1, bestDice, FgBgDice in percent; "
+        "absDiffFG (mean |DiffFG|) in objects per image.",
+        f"FPS: {speed_env.get('num_images', settings.speed_images)} test images, one per call, "
+        f"{settings.warmup} warm-up calls, median of {settings.repeats} passes, on "
+        f"{speed_env.get('device_name', env['device_name'])} ({speed_env.get('device', plan.device)}) with "
+        f"{speed_env.get('torch_threads', env['torch_threads'])} torch threads.",
+    ]
+
+
+def _settings_record(args, plan: _Plan) -> Dict:
+    """The settings recorded in ``results.json`` and ``reproduce.md``."""
+    budget, settings = plan.budget, plan.settings
+    return {
+        "preset": args.preset, "train": plan.train_name, "test": plan.test_name, "datasets": args.dataset,
+        "iters": budget.iters, "batch": budget.batch, "input_size": budget.input_size, "seed": budget.seed,
+        "device": plan.device, "threads": args.threads, "jobs": args.jobs, "opts": plan.opts, "retrain": args.retrain,
+        "speed_images": settings.speed_images, "warmup": settings.warmup, "repeats": settings.repeats,
+        "vis_images": settings.vis_images, "vis_score": settings.vis_score,
+    }
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    parser = get_parser()
+    args = parser.parse_args(argv)
+    t_start = time.time()
+    plan = _plan(parser, args)
+    budget, methods = plan.budget, plan.methods
+
+    from . import report
+
+    out = os.path.abspath(args.output)
+    os.makedirs(os.path.join(out, "runs"), exist_ok=True)
+    print(f"Comparing {len(methods)} methods on {plan.train_name} -> {plan.test_name}: {budget.iters} iterations, "
+          f"batch {budget.batch}, input {budget.input_size or 'configs'} px, seed {budget.seed}, "
+          f"device {plan.device}; output {out}", flush=True)
+    for m in methods:
+        print(f"  - {m.name}: {os.path.relpath(m.config_file, REPO_ROOT)} -> runs/{m.id}", flush=True)
+
+    runner = MethodRunner(
+        out, budget=budget, datasets=args.dataset, train_name=plan.train_name, test_name=plan.test_name,
+        device=plan.device, user_opts=plan.opts, eval_settings=plan.settings, threads=args.threads, jobs=args.jobs,
+        retrain=args.retrain, reeval=args.reeval,
+    )
+    results = runner.run(methods)
+    reused = [r.name for r in results if r.reused]
+    if reused:
+        print(f"Reused the finished runs of {', '.join(reused)} (--retrain trains them again)", flush=True)
+
+    # ----- report
+    size_str = f"{budget.input_size}x{budget.input_size}" if budget.input_size else "configs'"
+    rows = report.table_rows(results, size_str, out)
+    env = report.environment_info(plan.device, args.threads)
+    table_text = report.write_table_md(rows, os.path.join(out, "table.md"),
+                                       title=f"# Comparison on {plan.base} ({plan.test_name})",
+                                       notes=_notes(plan, size_str, env, results))
+    report.write_table_csv(rows, os.path.join(out, "table.csv"))
+    files = {"table_md": "table.md", "table_csv": "table.csv"}
+    figures, windows, report_errors = _write_figures(results, plan, out)
+    files.update(figures)
 
     command = shlex.join([sys.executable, "tools/compare.py", *(argv if argv is not None else sys.argv[1:])])
     config_hashes = {
         m.name: [(os.path.relpath(p, REPO_ROOT), file_sha256(p)) for p in config_chain(m.config_file)] for m in methods
     }
-    settings_dict = {
-        "preset": args.preset, "train": train_name, "test": test_name, "datasets": args.dataset,
-        "iters": budget.iters, "batch": budget.batch, "input_size": budget.input_size, "seed": budget.seed,
-        "device": device, "threads": args.threads, "jobs": args.jobs, "opts": opts, "retrain": args.retrain,
-        "speed_images": settings.speed_images, "warmup": settings.warmup, "repeats": settings.repeats,
-        "vis_images": settings.vis_images, "vis_score": settings.vis_score,
-    }
+    settings_dict = _settings_record(args, plan)
     report.write_reproduce_md(os.path.join(out, "reproduce.md"), command=command, env=env, methods=results,
                               config_hashes=config_hashes, settings=settings_dict)
     files["reproduce"] = "reproduce.md"
@@ -320,8 +382,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     failed = [r for r in results if not r.ok]
     print(f"Wrote {', '.join(files.values())} to {out} in {time.time() - t_start:.0f} s.", flush=True)
     if failed:
-        print(f"{len(failed)} of {len(results)} methods FAILED: "
-              + "; ".join(f"{r.name} ({r.stage}: {r.reason}; log {r.log})" for r in failed), flush=True)
+        print(f"{len(failed)} of {len(results)} methods FAILED: " + "; ".join(_failure(r) for r in failed), flush=True)
     for e in report_errors:
         print(f"report error: {e}", flush=True)
     return 1 if failed or report_errors else 0

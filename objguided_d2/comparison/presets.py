@@ -11,7 +11,8 @@ import re
 from dataclasses import dataclass
 from typing import Dict, List, Optional, Sequence, Tuple
 
-__all__ = ["Method", "Preset", "PRESETS", "REPO_ROOT", "display_name", "parse_methods", "default_configs"]
+__all__ = ["Method", "MethodSpecError", "Preset", "PRESETS", "REPO_ROOT", "display_name", "parse_methods",
+           "default_configs"]
 
 # The configs live in the repository next to the package (editable install).
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -214,12 +215,21 @@ def _resolve(path: str) -> str:
     raise FileNotFoundError(f"config file {path!r} not found (also looked in {REPO_ROOT})")
 
 
+class MethodSpecError(ValueError):
+    """A method entry that cannot be used (``entry``: the entry, None when there are none)."""
+
+    def __init__(self, entry: Optional[str], problem: str):
+        self.entry = entry
+        super().__init__(problem)
+
+
 def parse_methods(entries: Sequence[str]) -> List[Method]:
     """``PATH`` or ``NAME=PATH`` entries -> methods with unique ids.
 
     Raises:
         FileNotFoundError: a config file does not exist.
-        ValueError: two entries would share a run folder.
+        MethodSpecError: an empty NAME, no usable folder name, two entries sharing a run folder,
+            or no entry.
     """
     methods: List[Method] = []
     seen: Dict[str, str] = {}
@@ -230,18 +240,17 @@ def parse_methods(entries: Sequence[str]) -> List[Method]:
             name, path = entry.split("=", 1)
             name = name.strip()
             if not name:
-                raise ValueError(f"--configs entry {entry!r}: empty NAME before '='")
+                raise MethodSpecError(entry, f"entry {entry!r}: empty NAME before '='")
         config = _resolve(path.strip())
         mid = _ID_RE.sub("_", name if name else os.path.splitext(os.path.basename(config))[0]).strip("_")
         if not mid:
-            raise ValueError(f"--configs entry {entry!r}: cannot make a folder name from it")
+            raise MethodSpecError(entry, f"entry {entry!r}: cannot make a folder name from it")
         if mid in seen:
-            raise ValueError(
-                f"--configs: {entry!r} and {seen[mid]!r} both map to run folder 'runs/{mid}'; "
-                "name them with NAME=PATH"
+            raise MethodSpecError(
+                entry, f"{entry!r} and {seen[mid]!r} both map to run folder 'runs/{mid}'; name them with NAME=PATH"
             )
         seen[mid] = entry
         methods.append(Method(id=mid, name=name or display_name(config), config_file=config))
     if not methods:
-        raise ValueError("--configs: no config given")
+        raise MethodSpecError(None, "no config given")
     return methods

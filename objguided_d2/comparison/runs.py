@@ -5,7 +5,8 @@ from __future__ import annotations
 import os
 from typing import List, Optional, Sequence, Tuple
 
-__all__ = ["add_compare_dir_arguments", "resolve_dataset", "finished_runs", "run_name", "open_compare_dir", "write_report", "load_run"]
+__all__ = ["add_compare_dir_arguments", "DatasetNotFound", "resolve_dataset", "dataset_from_args", "finished_runs",
+           "run_name", "open_compare_dir", "write_report", "load_run"]
 
 
 def add_compare_dir_arguments(parser, methods_help: str = "run folder names (default: every finished run)") -> None:
@@ -19,12 +20,20 @@ def add_compare_dir_arguments(parser, methods_help: str = "run folder names (def
     parser.add_argument("--methods", nargs="+", default=None, help=methods_help)
 
 
+class DatasetNotFound(ValueError):
+    """No test dataset: ``name`` is the dataset looked for (None when no base name was given)."""
+
+    def __init__(self, name: Optional[str]):
+        self.name = name
+        super().__init__(f"dataset {name!r} is not registered" if name else "no dataset name or spec given")
+
+
 def resolve_dataset(specs: Sequence[str], dataset_name: Optional[str], split: str) -> str:
     """Register ``specs`` (``NAME=FORMAT:PATH``) and return ``<base>_<split>``, the base being
     ``dataset_name`` or the last spec's name.
 
     Raises:
-        ValueError: no base name, or the dataset is not registered.
+        DatasetNotFound: no base name, or the dataset is not registered.
     """
     from detectron2.data import DatasetCatalog
 
@@ -35,11 +44,25 @@ def resolve_dataset(specs: Sequence[str], dataset_name: Optional[str], split: st
         register_dataset_spec(spec)
     base = dataset_name or (parse_dataset_spec(specs[-1])[0] if specs else None)
     if base is None:
-        raise ValueError("give --dataset-name or --dataset NAME=FORMAT:PATH")
+        raise DatasetNotFound(None)
     dataset = f"{base}_{split}"
     if dataset not in DatasetCatalog.list():
-        raise ValueError(f"dataset {dataset!r} is not registered; give --dataset NAME=FORMAT:PATH")
+        raise DatasetNotFound(dataset)
     return dataset
+
+
+def dataset_from_args(args) -> str:
+    """:func:`resolve_dataset` of the arguments of :func:`add_compare_dir_arguments`.
+
+    Raises:
+        ValueError: naming the flags that give the dataset.
+    """
+    try:
+        return resolve_dataset(args.dataset, args.dataset_name, args.split)
+    except DatasetNotFound as e:
+        if e.name is None:
+            raise ValueError("give --dataset-name or --dataset NAME=FORMAT:PATH") from None
+        raise ValueError(f"{e}; give --dataset NAME=FORMAT:PATH") from None
 
 
 def finished_runs(compare_dir: str, methods: Optional[Sequence[str]] = None,
@@ -76,7 +99,7 @@ def compare_order(runs_dir: str, run_ids: Sequence[str]) -> List[str]:
     """``run_ids`` in the order of the comparison's table (``results.json`` beside ``runs_dir``),
     so that every report lists the methods as the comparison does; ids it does not name follow,
     sorted."""
-    from .runner import read_record
+    from .records import read_record
 
     results = read_record(os.path.join(os.path.dirname(os.path.abspath(runs_dir)), "results.json"))
     order = [m.get("id") for m in results.get("methods", []) if isinstance(m, dict)]
@@ -89,7 +112,7 @@ def run_name(runs_dir: str, run_id: str) -> str:
     whose folder is ``runs/Ours``), from the folder's ``results.json``; else from its config file
     (``compare_run.json``); else from the run id."""
     from .presets import display_name
-    from .runner import RUN_META, read_record
+    from .records import RUN_META, read_record
 
     results = read_record(os.path.join(os.path.dirname(os.path.abspath(runs_dir)), "results.json"))
     for m in results.get("methods", []):
@@ -112,7 +135,7 @@ def open_compare_dir(args) -> Tuple[str, str, List[str]]:
     if args.threads:
         torch.set_num_threads(args.threads)
     try:
-        dataset = resolve_dataset(args.dataset, args.dataset_name, args.split)
+        dataset = dataset_from_args(args)
         runs_dir, ids = finished_runs(args.compare_dir, args.methods)
     except ValueError as e:
         sys.exit(str(e))

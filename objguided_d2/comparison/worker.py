@@ -28,7 +28,7 @@ from typing import Dict, Optional, Sequence, Union
 import numpy as np
 import torch
 
-from objguided_d2.comparison.runner import BEST_F1, vis_score_arg
+from objguided_d2.comparison.settings import BEST_F1, vis_score_arg
 from objguided_d2.utils.io import atomic_write, write_json
 from objguided_d2.utils.label_map import paint_label_map
 

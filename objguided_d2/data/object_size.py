@@ -98,7 +98,7 @@ def write_size_stats(cfg) -> str:
     training run in the folder replaces it, as it replaces ``config.yaml``). Returns the path."""
     from detectron2.data import DatasetCatalog
 
-    from objguided_d2.predict.writers import write_json
+    from objguided_d2.utils.io import write_json
 
     dicts = [d for name in cfg.DATASETS.TRAIN for d in DatasetCatalog.get(name)]
     stats = training_size_stats(cfg, dicts)

@@ -19,7 +19,7 @@ from objguided_d2.config import ConfigError, load_config
 from objguided_d2.engine.checkpoint import ObjGuidedCheckpointer, check_output_dir
 from objguided_d2.engine.trainer import Trainer
 
-__all__ = ["get_parser", "load_config", "setup", "main", "cli"]
+__all__ = ["get_parser", "load_config", "check_eval_datasets", "setup", "main", "cli"]
 
 logger = logging.getLogger("objguided_d2")
 
@@ -57,10 +57,22 @@ def setup(args):
         opts += ["MODEL.TRUST_PICKLE", "True"]
     cfg = load_config(args.config_file, opts)
     cfg.freeze()
-    if not args.eval_only:  # before default_setup writes config.yaml / log.txt into OUTPUT_DIR
+    if args.eval_only:
+        check_eval_datasets(cfg, args.config_file)
+    else:  # before default_setup writes config.yaml / log.txt into OUTPUT_DIR
         _check_output_dir(cfg.OUTPUT_DIR, resume=args.resume, overwrite=getattr(args, "overwrite", False))
     default_setup(cfg, args)
     return cfg
+
+
+def check_eval_datasets(cfg, config_file):
+    """``--eval-only`` with an empty ``DATASETS.TEST`` would load the weights, evaluate nothing and
+    exit 0 (a run folder's ``config.yaml`` from ``tools/compare.py`` has ``DATASETS.TEST: []``)."""
+    if not cfg.DATASETS.TEST:
+        raise ConfigError(
+            f"{config_file}: --eval-only has nothing to evaluate: DATASETS.TEST is empty (add e.g. "
+            "DATASETS.TEST '(\"NAME_test\",)' with --dataset NAME=FORMAT:PATH)"
+        )
 
 
 def _check_output_dir(output_dir, *, resume, overwrite):
@@ -110,7 +122,9 @@ def cli(argv=None):
     print("Command Line Args:", args)
     try:
         if args.num_gpus * args.num_machines > 1:
-            load_config(args.config_file, args.opts)  # refused here, in one line, not in every worker
+            cfg = load_config(args.config_file, args.opts)  # refused here, in one line, not in every worker
+            if args.eval_only:
+                check_eval_datasets(cfg, args.config_file)
         return launch(
             main,
             args.num_gpus,

@@ -1,5 +1,5 @@
 """Evaluation: the paper's AP (APseg / APdec), CTC SEG / DET-like F1, LSC bestDice / DiffFG /
-FgBgDice, and Detectron2 evaluators that report them (method card §7)."""
+FgBgDice, and Detectron2 evaluators that report them (docs/method.md §7)."""
 
 from .challenge_metrics import (
     best_dice,

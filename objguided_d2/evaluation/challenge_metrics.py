@@ -1,4 +1,4 @@
-"""Challenge metrics on instance label maps (method card §7), pure numpy.
+"""Challenge metrics on instance label maps (docs/method.md §7), pure numpy.
 
 A label map is an (H, W) non-negative integer array: 0 is background, every other value one
 object (values need not be consecutive). Overlapping masks are turned into a label map with

@@ -1,4 +1,4 @@
-"""Detectron2 evaluator for the paper's AP and the challenge metrics (method card §7).
+"""Detectron2 evaluator for the paper's AP and the challenge metrics (docs/method.md §7).
 
 :class:`PaperMetricsEvaluator` keeps each image's predictions as RLEs (never dense masks), gathers
 them to the main process like Detectron2's evaluators, reads the ground truth from

@@ -1,4 +1,4 @@
-"""The paper's AP metric (method card §7), pure numpy + pycocotools' RLE IoU.
+"""The paper's AP metric (docs/method.md §7), pure numpy + pycocotools' RLE IoU.
 
 AP@t for one class: pool the detections of all test images and sort them by score (descending;
 ties keep image order, then the order inside the image: a stable sort). Inside each image, going

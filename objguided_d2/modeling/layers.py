@@ -1,5 +1,5 @@
 """Building blocks shared by the detection decoder ("B" modules) and the segmentation branch
-("S" modules): the paper's merge module M (method card §1, §3).
+("S" modules): the paper's merge module M (docs/method.md §1, §3).
 
 Shapes: N = batch (or ROIs), C_* = channels, (H_d, W_d) deep size, (H_s, W_s) skip size.
 """

@@ -1,4 +1,4 @@
-"""Post-processing of the object-guided model (method card §5), in Detectron2's place
+"""Post-processing of the object-guided model (docs/method.md §5), in Detectron2's place
 (``detectron2/modeling/postprocessing.py``; its pasting lives in ``layers/mask_ops.py``):
 
 - :func:`paste_roi_masks`: variable-size ROI probability maps pasted into full images at their

@@ -6,6 +6,7 @@ Usage::
     objguided-predict data/*.tif --config-file config.yaml --weights model_final.pth \\
         --output results/ --device cuda --score-thresh 0.5 --overlay
     python tools/predict.py plates/ --recursive --model-dir output/my_run --output results/
+    python -m objguided_d2.predict IMAGES... --model-dir output/my_run --output results/
 
 IMAGES are files, folders (``--recursive`` to descend) or quoted glob patterns
 (``"plates/**/*.png"``). PNG, JPEG, BMP and TIFF are read: 8/16/32-bit, grayscale, RGB or RGBA;
@@ -56,13 +57,21 @@ the original pixel grid (``objguided_d2/predict/size.py``).
 
 Unreadable inputs are reported one line each and skipped; the exit code is 0 if every image was
 processed, 1 if some failed, 2 for a usage or model error.
+
+From Python (a notebook, a napari widget): :mod:`objguided_d2.predict.pipeline` (``load_predictor``,
+``segment_image``, ``predict_to_folder``); this module only parses the command line and maps the
+library's errors to messages and exit codes.
 """
 import argparse
 import logging
-import os
 import sys
-import time
-from typing import List, Optional
+from typing import List, Optional, Tuple
+
+from .inputs import collect_inputs
+from .pipeline import (
+    LoadedModel, ModelError, PredictOptions, PredictSummary, check_model_args, default_tiling, load_predictor,
+    predict_to_folder, prepare_output_dir,
+)
 
 __all__ = ["main", "build_parser"]
 
@@ -108,216 +117,102 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+class _UsageError(Exception):
+    """A bad flag, input or model: one line ``error: ...`` and exit code 2."""
+
+
 def _error(msg: str) -> None:
     from tqdm import tqdm
 
     tqdm.write(f"error: {msg}", file=sys.stderr)
 
 
-def _class_info(cfg):
-    """(class names, COCO category id per contiguous class) from the config's dataset metadata."""
-    from detectron2.data import MetadataCatalog
+def _register_datasets(args) -> None:
+    """``--dataset`` specs, for the training data's class names."""
+    if not args.dataset:
+        return
+    from objguided_d2.data.register import register_from_args
 
-    n = cfg.MODEL.ROI_HEADS.NUM_CLASSES
-    for name in list(cfg.DATASETS.TEST) + list(cfg.DATASETS.TRAIN):
-        if name not in MetadataCatalog.list():
-            continue
-        meta = MetadataCatalog.get(name)
-        names = getattr(meta, "thing_classes", None)
-        if names is None or len(names) != n:
-            continue
-        mapping = getattr(meta, "thing_dataset_id_to_contiguous_id", None)
-        ids = None
-        if mapping:
-            inv = {v: k for k, v in mapping.items()}
-            ids = [inv.get(c, c) for c in range(n)]
-        return list(names), ids, meta
-    return None, None, None
+    try:
+        register_from_args(args)
+    except (ValueError, OSError) as e:
+        raise _UsageError(f"--dataset: {e}") from None
 
 
-def main(argv: Optional[List[str]] = None) -> int:
-    args = build_parser().parse_args(argv)
-    if not logging.getLogger().handlers:
-        logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")
-
-    if args.dataset:
-        from objguided_d2.data.register import register_from_args
-
-        try:
-            register_from_args(args)
-        except (ValueError, OSError) as e:
-            _error(f"--dataset: {e}")
-            return 2
-    if bool(args.model_dir) == bool(args.config_file):
-        _error("give exactly one of --model-dir DIR or --config-file FILE")
-        return 2
-    for flag, v in (("--score-thresh", args.score_thresh), ("--mask-thresh", args.mask_thresh)):
-        if v is not None and not 0.0 <= v <= 1.0:
-            _error(f"{flag} {v}: expected a value in [0, 1]")
-            return 2
-    if args.diameter is not None and not (args.diameter > 0 and args.diameter < float("inf")):
-        _error(f"--diameter {args.diameter}: expected a positive number of pixels")
-        return 2
-    if args.opts and len(args.opts) % 2:
-        _error(f"--opts needs KEY VALUE pairs, got {len(args.opts)} items")
-        return 2
-
-    out_dir = args.output
-    if os.path.exists(out_dir) and not os.path.isdir(out_dir):
-        _error(f"{out_dir}: --output exists and is not a folder")
-        return 2
-    os.makedirs(out_dir, exist_ok=True)
-    csv_path = os.path.join(out_dir, "objects.csv")
-    coco_path = os.path.join(out_dir, "predictions_coco.json")
-    images_path = os.path.join(out_dir, "images.json")
-    existing = [f for f in (csv_path, coco_path, images_path) if os.path.exists(f)]
-    if existing and not args.overwrite:
-        _error(f"{existing[0]}: output file exists (pass --overwrite to replace it, or choose another --output)")
-        return 2
-
-    from objguided_d2.data.io import DataError
-
-    from .inputs import collect_inputs, iter_pages
-    from .predictor import InstancePredictor, ModelError, load_config, resolve_model_dir
-    from .tiling import predict_tiled
-    from .writers import (
-        OutputExistsError, label_image, measure_objects, write_csv, write_json, write_label_tif,
-        write_overlay,
-    )
-
+def _collect(args) -> Tuple[List[str], List[str]]:
+    """(image files, one line per argument that matched nothing); none at all is a usage error."""
     files, failures = collect_inputs(args.inputs, recursive=args.recursive)
     for msg in failures:
         _error(msg)
     if not files:
-        _error("no input images")
-        return 2
+        raise _UsageError("no input images")
+    return files, failures
 
+
+def _prepare(args) -> Tuple[List[str], List[str], LoadedModel, PredictOptions]:
+    """Everything that can refuse the command before the first image: flags, output folder, inputs,
+    model, tiling, in that order."""
+    _register_datasets(args)
     try:
-        if args.model_dir:
-            config_file, weights = resolve_model_dir(args.model_dir)
-            weights = args.weights or weights
-        else:
-            config_file, weights = args.config_file, args.weights
-        input_scale = None
-        if args.diameter is not None:
-            from objguided_d2.data.object_size import read_size_stats
-
-            from .size import diameter_scale
-
-            try:
-                stats = read_size_stats(args.model_dir or os.path.dirname(os.path.abspath(config_file)))
-                input_scale = diameter_scale(stats["median_diameter_input"], args.diameter)
-            except ValueError as e:
-                raise ModelError(str(e)) from e
-        cfg = load_config(config_file, args.opts or (), score_thresh=args.score_thresh,
-                          mask_thresh=args.mask_thresh, device=args.device)
-        predictor = InstancePredictor(cfg, weights or cfg.MODEL.WEIGHTS, score_thresh=args.score_thresh,
-                                      mask_thresh=args.mask_thresh,
-                                      trust_pickle=args.trust_pickle, input_scale=input_scale)
+        check_model_args(args.model_dir, args.config_file, score_thresh=args.score_thresh,
+                         mask_thresh=args.mask_thresh, diameter=args.diameter, opts=args.opts)
+        prepare_output_dir(args.output, overwrite=args.overwrite)  # refuse existing tables before any work
+    except (ModelError, OSError) as e:
+        raise _UsageError(str(e)) from None
+    files, failures = _collect(args)
+    try:
+        model = load_predictor(args.model_dir, args.config_file, args.weights, device=args.device,
+                               score_thresh=args.score_thresh, mask_thresh=args.mask_thresh,
+                               diameter=args.diameter, opts=args.opts or (), trust_pickle=args.trust_pickle)
     except ModelError as e:
-        _error(str(e))
-        return 2
+        raise _UsageError(str(e)) from None
+    options = PredictOptions(overlay=args.overlay, roi_zip=args.roi_zip, geojson=args.geojson,
+                             overwrite=args.overwrite, recursive=args.recursive, tile_size=args.tile_size,
+                             tile_overlap=args.tile_overlap)
+    try:
+        default_tiling(model, args.tile_size, args.tile_overlap)
+    except ValueError as e:
+        raise _UsageError(str(e)) from None
+    return files, failures, model, options
 
-    # With --diameter a tile (original pixels) must still reach the network at MAX_SIZE_TEST at most.
-    tile = args.tile_size or (int(predictor.test_size / input_scale) if input_scale else predictor.test_size)
-    overlap = args.tile_overlap if args.tile_overlap is not None else tile // 4
-    if tile < 16 or not 0 <= overlap < tile:
-        _error(f"--tile-size {tile} / --tile-overlap {overlap}: expected tile >= 16 and 0 <= overlap < tile")
-        return 2
-    class_names, category_ids, meta = _class_info(cfg)
 
+def _predict(args, files: List[str], model: LoadedModel, options: PredictOptions) -> PredictSummary:
+    """:func:`predict_to_folder` with tqdm bars (images, and tiles of large images)."""
     from tqdm import tqdm
-
-    rows, coco, images = [], [], []
-    used_names = set()
-    n_objects, t0 = 0, time.perf_counter()
 
     def tile_bar(tiles):
         return tqdm(tiles, desc="  tiles", leave=False, disable=args.no_progress, unit="tile")
 
-    bar = tqdm(files, desc="images", disable=args.no_progress, unit="file")
-    for path in bar:
-        try:
-            pages = list(iter_pages(path))
-        except (DataError, OSError) as e:
-            failures.append(str(e))
-            _error(str(e))
-            continue
-        for page in pages:
-            name, k = page.name, 2
-            while name in used_names:  # same stem in two folders: keep both
-                name, k = f"{page.name}_{k}", k + 1
-            used_names.add(name)
-            where = f"{path}" + (f" page {page.page}" if page.num_pages > 1 else "")
-            lab_path = os.path.join(out_dir, f"{name}_labels.tif")
-            ov_path = os.path.join(out_dir, f"{name}_overlay.png") if args.overlay else None
-            roi_path = os.path.join(out_dir, f"{name}_rois.zip") if args.roi_zip else None
-            gj_path = os.path.join(out_dir, f"{name}.geojson") if args.geojson else None
-            try:
-                for f in (lab_path, ov_path, roi_path, gj_path):
-                    if f and os.path.exists(f) and not args.overwrite:
-                        raise OutputExistsError(f"{f}: output file exists (pass --overwrite to replace it)")
-                dets = predict_tiled(page.image, predictor, tile_size=tile, overlap=overlap, progress=tile_bar)
-                labels, kept = label_image(dets, page.image.shape[:2])
-                image_id = len(images) + 1
-                r, c = measure_objects(labels, kept, image_name=name, image_id=image_id,
-                                       class_names=class_names, category_ids=category_ids)
-                write_label_tif(lab_path, labels, overwrite=args.overwrite)
-                if ov_path:
-                    write_overlay(ov_path, page.image, labels, metadata=meta, overwrite=args.overwrite)
-                if roi_path:
-                    from .export_roi import write_roi_zip
+    bar = tqdm(total=len(files), desc="images", disable=args.no_progress, unit="file")
+    try:
+        return predict_to_folder(files, args.output, model, options, on_image=lambda *_: bar.update(1),
+                                 on_failure=_error, tile_progress=tile_bar)
+    finally:
+        bar.close()
 
-                    position = page.page if page.num_pages > 1 else None
-                    write_roi_zip(roi_path, labels, [d.score for d in kept], position=position,
-                                  overwrite=args.overwrite)
-                if gj_path:
-                    from .export_geojson import write_geojson
 
-                    write_geojson(gj_path, labels, r, overwrite=args.overwrite)
-            except (DataError, OutputExistsError, OSError) as e:
-                failures.append(str(e))
-                _error(str(e))
-                continue
-            except Exception as e:  # a model failure on one image must not lose the others
-                msg = f"{where}: prediction failed ({type(e).__name__}: {e})"
-                failures.append(msg)
-                _error(msg)
-                continue
-            rows.extend(r)
-            coco.extend(c)
-            n_objects += len(r)
-            images.append({
-                "id": image_id, "file_name": os.path.abspath(path), "page": page.page, "name": name,
-                "height": int(labels.shape[0]), "width": int(labels.shape[1]),
-                "labels": os.path.basename(lab_path), "overlay": os.path.basename(ov_path) if ov_path else None,
-                "rois": os.path.basename(roi_path) if roi_path else None,
-                "geojson": os.path.basename(gj_path) if gj_path else None,
-            })
-            bar.set_postfix(objects=n_objects)
-    bar.close()
-
-    if images:
-        n = cfg.MODEL.ROI_HEADS.NUM_CLASSES
-        categories = [
-            {"id": int(category_ids[c]) if category_ids else c, "name": class_names[c] if class_names else str(c)}
-            for c in range(n)
-        ]
-        try:
-            write_csv(csv_path, rows, overwrite=args.overwrite)
-            write_json(coco_path, coco, overwrite=args.overwrite)
-            write_json(images_path, {"images": images, "categories": categories}, overwrite=args.overwrite)
-        except (OutputExistsError, OSError) as e:
-            failures.append(str(e))
-            _error(str(e))
-
-    dt = time.perf_counter() - t0
-    per = dt / len(images) if images else 0.0
-    print(f"{len(images)} images, {n_objects} objects, {per:.2f} s per image; outputs in {out_dir}",
+def _report(summary: PredictSummary, failures: List[str], out_dir: str) -> int:
+    """Print the summary and every failure; the exit code (0: all processed, 1: some failed)."""
+    per = summary.seconds / summary.images if summary.images else 0.0
+    print(f"{summary.images} images, {summary.objects} objects, {per:.2f} s per image; outputs in {out_dir}",
           file=sys.stderr)
-    if failures:
-        print(f"{len(failures)} failed:", file=sys.stderr)
-        for msg in failures:
-            print(f"  {msg}", file=sys.stderr)
-        return 1
-    return 0
+    if not failures:
+        return 0
+    print(f"{len(failures)} failed:", file=sys.stderr)
+    for msg in failures:
+        print(f"  {msg}", file=sys.stderr)
+    return 1
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    """The command line (module docstring); returns the exit code 0, 1 or 2."""
+    args = build_parser().parse_args(argv)
+    if not logging.getLogger().handlers:
+        logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")
+    try:
+        files, failures, model, options = _prepare(args)
+        summary = _predict(args, files, model, options)
+    except (_UsageError, OSError) as e:  # OSError: the tables appeared (another run) since _prepare
+        _error(str(e))
+        return 2
+    return _report(summary, failures + summary.failures, args.output)

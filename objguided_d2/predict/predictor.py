@@ -24,11 +24,11 @@ from detectron2.modeling.postprocessing import detector_postprocess
 from detectron2.structures import Instances
 
 from objguided_d2.config import ConfigError
-from objguided_d2.config import load_config as load_objguided_config
+from objguided_d2.config import load_config
 from objguided_d2.engine.checkpoint import ObjGuidedCheckpointer, tagged_checkpoint
 from objguided_d2.engine.safe_load import UntrustedFileError
 
-__all__ = ["ModelError", "resolve_model_dir", "load_config", "load_weights", "InstancePredictor"]
+__all__ = ["ModelError", "resolve_model_dir", "load_predict_config", "load_weights", "InstancePredictor"]
 
 logger = logging.getLogger(__name__)
 
@@ -57,7 +57,7 @@ def resolve_model_dir(model_dir: str) -> Tuple[str, str]:
     return config, weights
 
 
-def load_config(
+def load_predict_config(
     config_file: str,
     opts: Sequence[str] = (),
     *,
@@ -69,7 +69,7 @@ def load_config(
     import objguided_d2  # noqa: F401  (registers ObjGuidedRCNN and its parts)
 
     try:
-        cfg = load_objguided_config(config_file, opts, allow_cuda_fallback=False)
+        cfg = load_config(config_file, opts, allow_cuda_fallback=False)
     except ConfigError as e:
         raise ModelError(str(e)) from None
     if score_thresh is not None:
@@ -126,12 +126,12 @@ class InstancePredictor:
     """Like Detectron2's ``DefaultPredictor``, returning ``Instances`` at the input's size.
 
     Args:
-        cfg: a frozen config from :func:`load_config`.
+        cfg: a frozen config from :func:`load_predict_config`.
         weights: checkpoint path (``.pth``; ``.pkl`` only with ``trust_pickle``).
         score_thresh: keep instances with a score above it (``None``: the model's own).
         mask_thresh: probability threshold for binarising masks. ``None`` keeps the model's
             own (0.5 for Mask R-CNN / PointRend; ``MODEL.OBJGUIDED.MASK_THRESHOLD`` for ours,
-            which :func:`load_config` already set).
+            which :func:`load_predict_config` already set).
         input_scale: resize every image by this fixed factor instead of the config's
             ``ResizeShortestEdge`` (size-aware prediction, :mod:`.size`); outputs stay at the
             input's size.
@@ -150,7 +150,7 @@ class InstancePredictor:
             raise ModelError(f"cannot build {cfg.MODEL.META_ARCHITECTURE} from the config ({type(e).__name__}: {e})") from e
         self.model.eval()
         load_weights(self.model, weights, trust_pickle=trust_pickle)
-        # Also filtered here: a model without one of the config keys load_config sets still obeys.
+        # Also filtered here: a model without one of the config keys load_predict_config sets still obeys.
         self.score_thresh = score_thresh
         self.mask_thresh = None
         if mask_thresh is not None and cfg.MODEL.META_ARCHITECTURE != "ObjGuidedRCNN":

@@ -4,7 +4,7 @@
   indexable like a Detectron2 structure so that ``Instances`` can hold it;
 - :func:`gt_bitmasks`: (R, H, W) bool GT masks from BitMasks, PolygonMasks or a tensor;
 - :func:`largest_component_boxes`: the box of each mask's largest 4-connected component
-  (method card §5: the GT boxes the model trains on).
+  (docs/method.md §5: the GT boxes the model trains on).
 
 Shapes: R instances, (H, W) image size, (h_r, w_r) ROI map size.
 """

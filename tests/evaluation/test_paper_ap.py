@@ -30,7 +30,7 @@ def _rect_mask(h, w, y0, x0, y1, x1):
     return m
 
 
-# ----------------------------------------------------------------- method card worked examples
+# ----------------------------------------------------------------- worked examples of docs/method.md §7
 def test_card_example_tp_sequence():
     assert ap_from_tp([1, 0, 1, 1, 0], num_gt=4) == pytest.approx(0.625)
 

@@ -1,4 +1,4 @@
-"""Center-point detector: the method card's reference numbers (radius, targets, decoding), the
+"""Center-point detector: the reference numbers of docs/method.md §2 (radius, targets, decoding), the
 focal loss, and the proposal generator in training / eval, plus a tiny overfit run."""
 
 import math

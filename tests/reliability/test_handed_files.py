@@ -325,7 +325,7 @@ def test_coco_file_names_resolving_inside_are_kept(tmp_path):
 def test_two_runs_writing_run_metadata_at_once_both_end_valid(tmp_path):
     """compare_run.json used a fixed run.json.tmp name: two comparisons sharing a run folder
     clobbered (or lost) each other's temporary file."""
-    from objguided_d2.comparison.runner import RUN_META, MethodRunner
+    from objguided_d2.comparison.records import RUN_META, write_run_meta
 
     metas = [{"key": k * 64, "command": k * 5000, "finished": False} for k in "ab"]
     barrier = threading.Barrier(2)
@@ -335,7 +335,7 @@ def test_two_runs_writing_run_metadata_at_once_both_end_valid(tmp_path):
         barrier.wait()
         try:
             for _ in range(200):
-                MethodRunner._write_meta(str(tmp_path), meta)
+                write_run_meta(str(tmp_path), meta)
                 with open(tmp_path / RUN_META) as f:
                     assert json.load(f) in metas
         except Exception as e:  # noqa: BLE001

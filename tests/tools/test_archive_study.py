@@ -8,7 +8,9 @@ import os
 import pytest
 
 from objguided_d2.comparison.presets import parse_methods
-from objguided_d2.comparison.runner import RUN_META, Budget, MethodRunner, MethodResult, archive_runs
+from objguided_d2.comparison.records import RUN_META, archive_runs, is_finished, write_run_meta
+from objguided_d2.comparison.runner import MethodResult, MethodRunner
+from objguided_d2.comparison.settings import Budget
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 MASK_RCNN = "configs/tiny/mask_rcnn_R18_tiny.yaml"
@@ -28,7 +30,7 @@ def _fake_study(tmp_path):
         d = runner.run_dir(m)
         os.makedirs(os.path.join(d, "eval"))
         finished = m is done
-        runner._write_meta(d, {"key": runner.key(m), "finished": finished, "ended": "t1"})
+        write_run_meta(d, {"key": runner.key(m), "finished": finished, "ended": "t1"})
         with open(os.path.join(d, "model_final.pth" if finished else "model_0000499.pth"), "wb") as f:
             f.write(b"\0" * 64)
         with open(os.path.join(d, "last_checkpoint"), "w") as f:
@@ -65,14 +67,19 @@ def test_archive_keeps_results_drops_weights_and_is_reused(tmp_path):
 
     # The runner over the archive: finished with the stored evaluation, no training.
     runner = _runner(dest)
-    assert runner.is_finished(done)
+    assert runner.is_finished(done) and is_finished(runner.run_dir(done), runner.key(done))
     res = MethodResult(id=done.id, name=done.name, config_file=done.config_file)
     assert runner.train(done, res, "[1/1]", remaining=0) and res.reused and not res.trained
     assert runner.evaluate(done, res, "[1/1]") and res.eval["results"]["paper"]["APseg"] == 42.0
     # --reeval cannot redo it without weights: a clear failure, not a crash.
     res2 = MethodResult(id=done.id, name=done.name, config_file=done.config_file, reused=True)
+    res2.run_dir = _runner(dest).run_dir(done)
     assert not _runner(dest, reeval=True).evaluate(done, res2, "[1/1]")
-    assert "--retrain" in res2.reason
+    assert res2.stage == "eval" and "cannot be evaluated again" in res2.reason
+    # The library says what is wrong; the CLI's summary names the flag that helps.
+    from objguided_d2.comparison.cli import _failure
+
+    assert "use --retrain" in _failure(res2) and "--" not in res2.reason
     # Another run key (e.g. a changed budget) is not this run.
     other = MethodRunner(str(dest), budget=Budget(iters=2, batch=1, input_size=None, seed=0), datasets=[],
                          train_name="a_train", test_name="a_test", log=lambda s: None, device="cpu")

@@ -15,12 +15,15 @@ import torch
 from objguided_d2.comparison import plots
 from objguided_d2.comparison.presets import PRESETS, parse_methods
 from objguided_d2.comparison.report import COLUMNS
-from objguided_d2.comparison.runner import (BEST_F1, Budget, MethodRunner, config_chain, failure_reason, run_key,
-                                            vis_score_arg)
+from objguided_d2.comparison.devices import JobSlots, slot_gpu
+from objguided_d2.comparison.launch import failure_reason
+from objguided_d2.comparison.records import run_key
+from objguided_d2.comparison.runner import MethodRunner
+from objguided_d2.comparison.settings import BEST_F1, Budget, SettingError, vis_score_arg
 from objguided_d2.comparison.worker import label_map_from_instances, resolve_vis_score
 from detectron2.data import DatasetCatalog
 from detectron2.solver import build_lr_scheduler
-from objguided_d2.config import load_config
+from objguided_d2.config import config_chain, load_config
 from objguided_d2.data.register import register_builtin_synthetic
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -176,6 +179,26 @@ def test_bad_arguments_fail_clearly(tmp_path, env):
     assert rc == 2 and "--vis-score" in log and "'high'" in log and "best-f1" in log
 
 
+def test_settings_errors_in_library_terms_flags_in_the_cli(tmp_path, capsys):
+    from objguided_d2.comparison.cli import main
+    from objguided_d2.comparison.presets import MethodSpecError
+
+    with pytest.raises(SettingError) as e:
+        Budget(iters=2, batch=1, input_size=8, seed=0)
+    assert (e.value.name, e.value.value) == ("input_size", 8) and "--" not in str(e.value)
+    with pytest.raises(MethodSpecError, match="empty NAME") as e:
+        parse_methods([f"={MASK_RCNN}"])
+    assert "--" not in str(e.value)
+    for argv, flag, message in ((["--iters", "0"], "--iters", "must be >= 1, got 0"),
+                                (["--input-size", "8"], "--input-size", "must be >= 16 pixels, got 8"),
+                                (["--configs", f"={MASK_RCNN}"], "--configs", "empty NAME before '='")):
+        with pytest.raises(SystemExit) as ex:
+            main([*argv, "--device", "cpu", "--output", str(tmp_path / "o")])
+        err = capsys.readouterr().err.strip().splitlines()[-1]
+        assert ex.value.code == 2 and err.startswith(f"tools/compare.py: error: {flag}") and message in err, err
+    assert not (tmp_path / "o").exists()  # nothing made before the arguments are checked
+
+
 def test_vis_score_fixed_or_each_methods_f1_best():
     assert vis_score_arg("best-f1") == BEST_F1 and vis_score_arg("0.3") == 0.3
     with pytest.raises(argparse.ArgumentTypeError, match="best-f1"):
@@ -280,7 +303,7 @@ def test_jobs_run_methods_at_once_in_order(tmp_path, monkeypatch):
         with lock:
             running[0] += 1
             peak[0] = max(peak[0], running[0])
-            seen_slots.add(runner._slot.index)
+            seen_slots.add(runner.slots.current)
         time.sleep(0.2)
         with lock:
             running[0] -= 1
@@ -292,17 +315,23 @@ def test_jobs_run_methods_at_once_in_order(tmp_path, monkeypatch):
     assert [r.id for r in results] == ["m0", "m1", "m2", "m3", "m4"]
     assert [r.status for r in results] == ["ok", "ok", "ok", "FAILED", "ok"]
     assert peak[0] == 2 and seen_slots == {0, 1}
-    with pytest.raises(ValueError, match="jobs"):
+    with pytest.raises(SettingError, match="jobs must be >= 1"):
         _runner(tmp_path, device="cpu", jobs=0)
 
 
 def test_jobs_give_each_slot_its_own_gpu(tmp_path, monkeypatch):
+    assert slot_gpu(1) == "1" and slot_gpu(0, "4,5") == "4" and slot_gpu(3, "4,5") == "5"
     runner = _runner(tmp_path, device="cuda", jobs=2)
     monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
-    runner._slot.index = 1
-    assert runner._env()["CUDA_VISIBLE_DEVICES"] == "1"
+    # Each worker thread of run() sees its own slot's GPU in the subprocess environment.
+    seen = runner.slots.map(lambda i, _: (runner.slots.current, runner.env()["CUDA_VISIBLE_DEVICES"]), [0, 1])
+    assert sorted(seen) == [(0, "0"), (1, "1")]
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "4,5")
-    runner._slot.index = 0
-    assert runner._env()["CUDA_VISIBLE_DEVICES"] == "4"
-    # One job, or the CPU: the environment is left as it is.
-    assert _runner(tmp_path, device="cpu", jobs=2)._env()["CUDA_VISIBLE_DEVICES"] == "4,5"
+    seen = runner.slots.map(lambda i, _: (runner.slots.current, runner.env()["CUDA_VISIBLE_DEVICES"]), [0, 1])
+    assert sorted(seen) == [(0, "4"), (1, "5")]
+    # One job, the CPU, or outside a slot: the environment is left as it is.
+    assert runner.env()["CUDA_VISIBLE_DEVICES"] == "4,5"
+    cpu = _runner(tmp_path, device="cpu", jobs=2)
+    assert cpu.slots.map(lambda i, _: cpu.env()["CUDA_VISIBLE_DEVICES"], [0, 1]) == ["4,5", "4,5"]
+    one = JobSlots(1, "cuda")
+    assert one.map(lambda i, _: one.cuda_visible(), [0, 1]) == [None, None]

@@ -1,9 +1,11 @@
 """Reading a compare folder for the diagnostics (objguided_d2.comparison.runs)."""
+import argparse
 import json
 
 import pytest
 
-from objguided_d2.comparison.runs import compare_order, finished_runs, resolve_dataset, run_name
+from objguided_d2.comparison.runs import (DatasetNotFound, compare_order, dataset_from_args, finished_runs,
+                                         resolve_dataset, run_name)
 
 
 def test_finished_runs(tmp_path):
@@ -30,10 +32,20 @@ def test_finished_runs(tmp_path):
 
 def test_resolve_dataset():
     assert resolve_dataset([], "synth_leaves_tiny", "test") == "synth_leaves_tiny_test"
-    with pytest.raises(ValueError, match="not registered"):
+    with pytest.raises(DatasetNotFound, match="not registered") as e:
         resolve_dataset([], "nope", "test")
-    with pytest.raises(ValueError, match="give --dataset-name"):
+    assert e.value.name == "nope_test" and "--" not in str(e.value)
+    with pytest.raises(DatasetNotFound) as e:
         resolve_dataset([], None, "test")
+    assert e.value.name is None and "--" not in str(e.value)
+    # The diagnostics' arguments: the message names their flags.
+    args = argparse.Namespace(dataset=[], dataset_name="nope", split="test")
+    with pytest.raises(ValueError, match="'nope_test' is not registered; give --dataset NAME=FORMAT:PATH"):
+        dataset_from_args(args)
+    with pytest.raises(ValueError, match="give --dataset-name or --dataset"):
+        dataset_from_args(argparse.Namespace(dataset=[], dataset_name=None, split="test"))
+    assert dataset_from_args(argparse.Namespace(dataset=[], dataset_name="synth_leaves_tiny", split="val")) == \
+        "synth_leaves_tiny_val"
 
 
 def test_write_report(tmp_path):

@@ -30,7 +30,7 @@ def _has_colour(img, name, tol=0.03):
 
 
 def test_parsing_and_figure(tmp_path):
-    from objguided_d2.comparison.runner import read_metrics
+    from objguided_d2.comparison.progress import read_metrics
 
     a = read_metrics(str(tmp_path / "a" / "metrics.json")) or _metrics(str(tmp_path / "a"), 4.0, {99: 10.0, 199: 20.0})
     b = _metrics(str(tmp_path / "b"), 3.0)

@@ -63,6 +63,26 @@ def test_train_eval_resume_baseline(tmp_path, config):
     assert "copypaste: Task: segm" in log
 
 
+def test_eval_only_with_nothing_to_evaluate_is_an_error(tmp_path):
+    # A run folder's config.yaml as tools/compare.py writes it: evaluation during training off.
+    from objguided_d2.config import load_config
+
+    run = tmp_path / "run"
+    run.mkdir()
+    cfg = load_config(os.path.join(ROOT, "configs/tiny/objguided_R18_tiny.yaml"), ["DATASETS.TEST", "()"])
+    (run / "config.yaml").write_text(cfg.dump())
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore")
+    p = subprocess.run([sys.executable, TRAIN_NET, "--eval-only", "--config-file", str(run / "config.yaml"),
+                        "MODEL.DEVICE", "cpu", "MODEL.WEIGHTS", str(run / "model_final.pth"),
+                        "OUTPUT_DIR", str(tmp_path / "ev")],
+                       cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert p.returncode == 2, p.stdout[-2000:] + p.stderr[-3000:]
+    errors = [line for line in p.stderr.splitlines() if line.startswith("ConfigError")]
+    assert len(errors) == 1 and "DATASETS.TEST" in errors[0] and "config.yaml" in errors[0], p.stderr[-3000:]
+    assert "Traceback" not in p.stderr
+    assert not (tmp_path / "ev").exists()  # refused before any weights are read or anything is written
+
+
 def _ddp_worker(config, opts, out_dir, cache):
     os.environ["OBJGUIDED_CACHE"] = cache
     import objguided_d2  # noqa: F401

@@ -1,6 +1,6 @@
 """Embedded synthetic datasets that are hard in the ways the paper's data are.
 
-Three families, each mirroring one of the paper's datasets (method card §6):
+Three families, each mirroring one of the paper's datasets (docs/method.md §6):
 
 * ``nuclei`` (DSB2018): round / elliptical nuclei with wobbly outlines, many in touching
   clusters (touching nuclei share a boundary with only a faint intensity dip), sizes from 2 px

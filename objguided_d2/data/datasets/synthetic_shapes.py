@@ -312,7 +312,7 @@ def join_diagonal_pieces(label: np.ndarray) -> np.ndarray:
     """Make thin structures 4-connected, as painted annotations are.
 
     A 1-px protrusion rasterised at an angle touches itself only at pixel corners; under the
-    4-connectivity that defines an object's largest component (its training box, method card §3)
+    4-connectivity that defines an object's largest component (its training box, docs/method.md §3)
     it would fall apart into dozens of pieces. Wherever two pixels of one object meet only
     diagonally, one of the two shared-corner pixels is added to it if it is background.
 

@@ -1,4 +1,4 @@
-"""U-shaped ResNet backbone (method card §1): Detectron2's own ResNet plus the image-level c0
+"""U-shaped ResNet backbone (docs/method.md §1): Detectron2's own ResNet plus the image-level c0
 branch, the pre-max-pool c1, and the detection decoder d4 -> d3 -> d2 ("B" merge modules).
 
 Shapes: N images, (H, W) the padded input size (a multiple of 32).

@@ -1,4 +1,4 @@
-"""ObjGuidedRCNN (method card §3, §5): GeneralizedRCNN with two changes.
+"""ObjGuidedRCNN (docs/method.md §3, §5): GeneralizedRCNN with two changes.
 
 - Training: each GT box becomes the box of its mask's largest 4-connected component (when
   ``MODEL.OBJGUIDED.GT_LARGEST_COMPONENT_ON``) before the detector and the ROI heads see it.

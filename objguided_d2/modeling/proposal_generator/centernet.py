@@ -1,4 +1,4 @@
-"""Center-point proposal generator (method card §2): heatmap / wh / offset heads on the decoder
+"""Center-point proposal generator (docs/method.md §2): heatmap / wh / offset heads on the decoder
 feature d2 (stride n = 4), CornerNet focal loss + L1 regression, and peak decoding into
 proposals for the object-guided segmentation branch.
 

@@ -1,4 +1,4 @@
-"""Pure tensor maths of the center-point detector (method card §2): Gaussian targets, the
+"""Pure tensor maths of the center-point detector (docs/method.md §2): Gaussian targets, the
 penalty-reduced focal loss and peak decoding. No module state, no config.
 
 Shapes: C classes, (H, W) output grid at stride n (the "down ratio"), M objects, K kept centres.

@@ -1,4 +1,4 @@
-"""The object-guided mask head (method card §3, §4): the whole segmentation branch and its
+"""The object-guided mask head (docs/method.md §3, §4): the whole segmentation branch and its
 losses, registered in ``ROI_MASK_HEAD_REGISTRY``.
 
 S merge modules run over the per-level ROI crops, deepest level present first, then the mask
@@ -267,7 +267,7 @@ class ObjGuidedMaskHead(nn.Module):
 
 
 def seg_loss(pixel_logits: torch.Tensor, pixel_targets: torch.Tensor, lay0: LevelLayout) -> torch.Tensor:
-    """L_seg (method card §4): the mean over ROIs of each ROI's mean per-pixel BCE, so that a
+    """L_seg (docs/method.md §4): the mean over ROIs of each ROI's mean per-pixel BCE, so that a
     large ROI weighs as much as a small one.
 
     Args:
@@ -284,7 +284,7 @@ def seg_loss(pixel_logits: torch.Tensor, pixel_targets: torch.Tensor, lay0: Leve
 
 
 def refine_loss(refine: Optional[Tuple[torch.Tensor, torch.Tensor]]) -> Optional[torch.Tensor]:
-    """L_refine (method card §4): the BCE over every point entry of both RefineHeads, or None
+    """L_refine (docs/method.md §4): the BCE over every point entry of both RefineHeads, or None
     when no point was kept.
 
     Args:

@@ -1,4 +1,4 @@
-"""Object-guided ROI heads (method card §3, §4): no second box stage, and no segmentation maths.
+"""Object-guided ROI heads (docs/method.md §3, §4): no second box stage, and no segmentation maths.
 They select the instances to segment (GT instances in training, detections at inference; one
 rule for both), crop [c0, c1, d2, d3, d4] and the GT masks on each instance's ROI grid
 (:class:`~.roi_pooler.ROIGridPooler`: all ROIs packed into one zero-separated canvas per level),

@@ -1,4 +1,4 @@
-"""Auxiliary point refinement (method card §4; training only): one place for the paper's
+"""Auxiliary point refinement (docs/method.md §4; training only): one place for the paper's
 point rule, its two heads and its logits, on the packed ROI canvases.
 
 At uncertain points of a predicted ROI mask, point features of e1 and e2 are read by bilinear

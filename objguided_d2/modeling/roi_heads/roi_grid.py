@@ -1,4 +1,4 @@
-"""The ROI grid (method card §3, §5): the one place of its geometry. The packed-canvas crops
+"""The ROI grid (docs/method.md §3, §5): the one place of its geometry. The packed-canvas crops
 (:mod:`.canvas_ops`), the GT-mask sampling, the refinement points and the pasting use it; the
 settings (strides, enlargement, minimum size) are given once, to :class:`~.roi_pooler.ROIGridPooler`.
 

@@ -1,4 +1,4 @@
-"""The ROI grid's settings given once (method card §3, §5), like Detectron2's ``ROIPooler``: the
+"""The ROI grid's settings given once (docs/method.md §3, §5), like Detectron2's ``ROIPooler``: the
 levels' strides, the box enlargement and the smallest ROI side. Everything that crops, sizes or
 enlarges ROIs for the object-guided heads goes through one :class:`ROIGridPooler`.
 
