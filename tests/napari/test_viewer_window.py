@@ -2,7 +2,6 @@
 opens and draws. Runs under an X server (``xvfb-run -a pytest tests/napari``); skipped without one."""
 import os
 
-import numpy as np
 import pytest
 
 
