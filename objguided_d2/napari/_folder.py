@@ -58,7 +58,7 @@ class FolderWidget(Container):
                               recursive=self.recursive.value, tile_size=self.tile_size.value or None,
                               tile_overlap=None if self.overlap.value < 0 else self.overlap.value)
         self._stop, self.summary = False, None
-        self.worker = self._work(src, out, opts)
+        self.worker = self._work(src, out, opts, self.model.settings())
         self.worker.yielded.connect(self._on_progress)
         self.worker.returned.connect(self._on_done)
         self.worker.finished.connect(self._on_finished)
@@ -70,11 +70,11 @@ class FolderWidget(Container):
         self._stop = True  # predict_to_folder stops after the current image; its outputs stay
 
     @thread_worker(ignore_errors=True)  # failures come back as Failed
-    def _work(self, src, out, opts):
+    def _work(self, src, out, opts, settings):
         import queue
 
         try:
-            model = self.model.load()
+            model = self.model.load(settings)
         except (ValueError, OSError, RuntimeError) as e:  # ModelError
             return Failed(str(e))
         done = queue.SimpleQueue()

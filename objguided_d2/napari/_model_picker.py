@@ -43,9 +43,10 @@ class ModelPicker(Container):
             mask_thresh=self.mask_thresh.value or None, diameter=self.diameter.value or None,
         )
 
-    def load(self):
-        """The model for the current settings (cached); ModelError in one line if it cannot load."""
-        s = self.settings()
+    def load(self, s: Optional[dict] = None):
+        """The model for ``s`` (default: the current :meth:`settings`; read them in the GUI thread
+        and pass them to a worker), cached; ModelError in one line if it cannot load."""
+        s = s if s is not None else self.settings()
         if not s["model_dir"] and not s["config_file"]:
             raise ModelError("no model: choose a model folder (a train_net.py output), or a config and weights")
         if s["model_dir"] and s["config_file"]:

@@ -68,7 +68,9 @@ class SegmentWidget(Container):
             show_error(str(e))
             return
         self._abort = False
-        self.worker = self._work(layer.data, layer.rgb, layer.name)
+        # Widget values are read here, in the GUI thread; the worker gets plain values.
+        tiling = (self.tile_size.value or None, None if self.overlap.value < 0 else self.overlap.value)
+        self.worker = self._work(layer.data, layer.rgb, layer.name, self.model.settings(), tiling)
         self.worker.yielded.connect(self._on_progress)
         self.worker.returned.connect(lambda r, lyr=layer: self._on_done(lyr, r))
         self.worker.finished.connect(self._on_finished)
@@ -82,9 +84,9 @@ class SegmentWidget(Container):
             self.worker.quit()
 
     @thread_worker(ignore_errors=True)  # failures come back as Failed; napari reports anything else
-    def _work(self, data, rgb, name):
+    def _work(self, data, rgb, name, settings, tiling):
         try:
-            return (yield from self._segment(data, rgb, name))
+            return (yield from self._segment(data, rgb, name, settings, tiling))
         except _Cancelled:
             return None
         except (ModelError, ValueError, OSError) as e:
@@ -92,10 +94,9 @@ class SegmentWidget(Container):
         except Exception as e:
             return Failed(f"segmentation failed ({type(e).__name__}: {e})")
 
-    def _segment(self, data, rgb, name):
-        loaded = self.model.load()
-        tile, overlap = default_tiling(loaded, self.tile_size.value or None,
-                                       None if self.overlap.value < 0 else self.overlap.value)
+    def _segment(self, data, rgb, name, settings, tiling):
+        loaded = self.model.load(settings)
+        tile, overlap = default_tiling(loaded, *tiling)
         images = list(planes(np.asarray(data), rgb))
         per_plane, rows = [], []
         yield 0, len(images)
