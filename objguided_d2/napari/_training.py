@@ -137,6 +137,9 @@ def train_command(training_set: str, output_dir: str, *, model_dir: Optional[str
         "SOLVER.WARMUP_ITERS", str(min(10, max(iterations // 4, 0))), "SOLVER.IMS_PER_BATCH", str(batch),
         "DATALOADER.NUM_WORKERS", "0", "MODEL.DEVICE", device, "OUTPUT_DIR", os.path.abspath(output_dir),
     ]
+    from objguided_d2.config import load_config
+
+    load_config(config, opts, allow_cuda_fallback=False)  # a refused config: ConfigError (a ValueError) now, here
     code = "from objguided_d2.cli import train_main; train_main()"
     return [sys.executable, "-c", code, "--config-file", config, "--dataset", spec, *opts]
 

@@ -208,3 +208,29 @@ def test_train_round_trip_and_segment_again(viewer, qtbot, tmp_path, notes, monk
     qtbot.waitUntil(lambda: t.worker is None, timeout=60_000)
     assert t.run_.proc.returncode is not None and t.status.value == "cancelled"
     assert not (tmp_path / "run2" / "napari.json").exists()
+
+
+def test_train_refusals_and_a_failed_run(viewer, qtbot, tmp_path, notes, monkeypatch):
+    from objguided_d2.napari._train_widget import TrainWidget
+
+    monkeypatch.setenv("OBJGUIDED_CACHE", str(tmp_path / "cache"))
+    viewer.open_sample("objguided-d2", "neural")
+    t = TrainWidget(viewer)
+    t.training_set.value = str(tmp_path / "set")
+    t.image.value, t.labels_layer.value = "neural cells", "neural cells ground truth"
+    assert t.add()
+    evil = tmp_path / "evil"
+    evil.mkdir()
+    (evil / "config.yaml").write_text("MODEL: !!python/object/apply:os.system ['echo pwned']\n")
+    (evil / "model_final.pth").write_bytes(b"x")
+    t.base_model.value, t.output_dir.value = str(evil), str(tmp_path / "run")
+    t.train()  # refused before any process starts
+    assert "config.yaml: YAML Python tag" in notes.errors()[-1] and t.worker is None
+    assert not (tmp_path / "run").exists()
+    # a label file broken behind the widget's back: the run fails, its error line is the notification
+    (tmp_path / "set" / "labels" / "neural cells_z0_labels.tif").write_bytes(b"not a tiff")
+    t.base_model.value, t.scratch.value, t.iterations.value = None, True, 1
+    t.train()
+    qtbot.waitUntil(lambda: t.worker is None, timeout=120_000)
+    assert notes.errors()[-1].startswith("training failed: DataError:"), notes.all()
+    assert "neural cells_z0_labels.tif" in notes.errors()[-1] and t.status.value == "failed"
