@@ -18,9 +18,14 @@ __all__ = ["SegmentWidget", "segment_widgets"]
 _OPEN = weakref.WeakSet()
 
 
+def _unwrap(viewer):
+    # npe2 hands each widget its own public-only proxy of the viewer: compare what they wrap.
+    return getattr(viewer, "__wrapped__", viewer)
+
+
 def segment_widgets(viewer):
     """The open segment widgets of ``viewer`` (the training widget hands them its new model)."""
-    return [w for w in list(_OPEN) if w.viewer is viewer]
+    return [w for w in list(_OPEN) if _unwrap(w.viewer) is _unwrap(viewer)]
 
 
 class _Cancelled(Exception):

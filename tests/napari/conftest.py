@@ -1,13 +1,11 @@
-"""napari plugin tests: skipped without the extra (pip install -e .[napari]); no display needed
-(Qt offscreen, a ViewerModel without a canvas)."""
+"""napari plugin tests: each module skips itself without the extra (pip install -e .[napari]);
+no display needed (Qt offscreen, a ViewerModel without a canvas)."""
 import os
 
 import pytest
 
 if not os.environ.get("DISPLAY"):  # before pytest-qt makes the QApplication; under Xvfb use it
     os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
-pytest.importorskip("napari")
-pytest.importorskip("pytestqt")
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 MANIFEST = os.path.join(ROOT, "objguided_d2", "napari", "napari.yaml")

@@ -2,9 +2,12 @@
 import os
 
 import numpy as np
-import pandas as pd
 import pytest
 import tifffile
+
+pytest.importorskip("napari")  # the [napari] extra
+pytest.importorskip("pytestqt")
+import pandas as pd  # noqa: E402  (napari's dependency)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 MANIFEST = os.path.join(ROOT, "objguided_d2", "napari", "napari.yaml")

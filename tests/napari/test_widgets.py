@@ -7,6 +7,9 @@ import numpy as np
 import pytest
 import tifffile
 
+pytest.importorskip("napari")  # the [napari] extra
+pytest.importorskip("pytestqt")
+
 WAIT = 60_000  # ms; the CPU is shared
 
 
