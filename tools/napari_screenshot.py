@@ -67,6 +67,8 @@ def main():
         t0 = time.perf_counter()
         seg.run()
         _wait(seg, app)
+        if not seg.status.value.endswith("objects"):
+            sys.exit(f"segmentation failed: {seg.status.value}")
         print(f"segmented {image.data.shape[0]} images in {time.perf_counter() - t0:.1f} s: {seg.status.value}",
               flush=True)
 
@@ -80,7 +82,11 @@ def main():
     labels.selected_label = int(labels.data[0][labels.data.shape[1] // 2, labels.data.shape[2] // 2]) or 1
     app.processEvents()
     os.makedirs(os.path.dirname(args.output), exist_ok=True)
-    viewer.screenshot(args.output, canvas_only=False)
+    shot = viewer.screenshot(canvas_only=False)
+    from PIL import Image
+
+    # 256 colours are plenty for a GUI screenshot and keep the PNG small in the repository.
+    Image.fromarray(shot[..., :3]).quantize(256).save(args.output, optimize=True)
     print(f"wrote {args.output}")
     # QuPath GeoJSON holds one 2D image: plane 0 as its own layer, saved as the docs describe.
     plane0 = viewer.add_labels(labels.data[0], name="plane 0", features=labels.features[labels.features["plane"] == 0])
