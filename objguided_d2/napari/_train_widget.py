@@ -127,9 +127,12 @@ class TrainWidget(Container):
             while run.running:
                 yield run.poll()
                 time.sleep(0.5)
-        finally:  # quit() or an error here: the subprocess must not outlive the widget's say
-            run.cancel()
+        finally:  # an error here: the subprocess must not outlive its watcher
+            if run.running:
+                run.cancel()
         yield run.poll()
+        if run.cancelled:
+            return None
         try:
             return run.finish()
         except (RuntimeError, OSError) as e:
@@ -146,6 +149,9 @@ class TrainWidget(Container):
     def _on_done(self, model_dir):
         from ._segment import segment_widgets
 
+        if model_dir is None:
+            self.status.value = "cancelled"
+            return
         if isinstance(model_dir, Failed):
             self.status.value = "failed"
             show_error(model_dir.message)

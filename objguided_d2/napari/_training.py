@@ -193,6 +193,7 @@ class TrainingRun:
         env = dict(os.environ, PYTHONUNBUFFERED="1")
         self.proc = subprocess.Popen(self.cmd, stdout=self._log, stderr=subprocess.STDOUT, env=env)
         self.t0 = time.monotonic()
+        self.cancelled = False
 
     def poll(self) -> Progress:
         rec = read_progress(self.output_dir) or {}
@@ -207,6 +208,7 @@ class TrainingRun:
         return self.proc.poll() is None
 
     def cancel(self) -> None:
+        self.cancelled = True  # the watcher reports "cancelled", not the terminated process' failure
         if self.running:
             self.proc.terminate()
             try:

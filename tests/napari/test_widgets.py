@@ -210,6 +210,7 @@ def test_train_round_trip_and_segment_again(viewer, qtbot, tmp_path, notes, monk
     t.cancel()
     qtbot.waitUntil(lambda: t.worker is None, timeout=60_000)
     assert t.run_.proc.returncode is not None and t.status.value == "cancelled"
+    assert len(notes.errors()) == 2, notes.all()  # a cancelled run is not reported as a failed one
     assert not (tmp_path / "run2" / "napari.json").exists()
 
 
