@@ -129,6 +129,16 @@ class _NonFiniteGuardMixin:
         super().load_state_dict(state_dict)
         self.nonfinite_guard.load_state_dict(state_dict.get("nonfinite", {}))
 
+    def _next_batch(self):
+        """As Detectron2's run_step begins: the next batch, the time it took, and zero_grad when
+        it comes before the forward."""
+        start = time.perf_counter()
+        data = next(self._data_loader_iter)
+        data_time = time.perf_counter() - start
+        if self.zero_grad_before_forward:
+            self.optimizer.zero_grad()
+        return data, data_time
+
     def _write_step_metrics(self, loss_dict, data_time):
         # As Detectron2's run_step: metrics are written synchronously or on its executor.
         if self.async_write_metrics:
@@ -147,11 +157,7 @@ class GuardedSimpleTrainer(_NonFiniteGuardMixin, SimpleTrainer):
 
     def run_step(self):
         assert self.model.training, "[GuardedSimpleTrainer] model was changed to eval mode!"
-        start = time.perf_counter()
-        data = next(self._data_loader_iter)
-        data_time = time.perf_counter() - start
-        if self.zero_grad_before_forward:
-            self.optimizer.zero_grad()
+        data, data_time = self._next_batch()
         loss_dict = _as_loss_dict(self.model(data))
         if self.nonfinite_guard.should_skip(loss_dict, self.iter):
             return
@@ -170,11 +176,7 @@ class GuardedAMPTrainer(_NonFiniteGuardMixin, AMPTrainer):
     def run_step(self):
         assert self.model.training, "[GuardedAMPTrainer] model was changed to eval mode!"
         assert torch.cuda.is_available(), "[GuardedAMPTrainer] CUDA is required for AMP training!"
-        start = time.perf_counter()
-        data = next(self._data_loader_iter)
-        data_time = time.perf_counter() - start
-        if self.zero_grad_before_forward:
-            self.optimizer.zero_grad()
+        data, data_time = self._next_batch()
         with torch.autocast("cuda", dtype=self.precision):
             loss_dict = _as_loss_dict(self.model(data))
             if self.nonfinite_guard.should_skip(loss_dict, self.iter):

@@ -238,3 +238,28 @@ def test_oracle_boxes_sensitivity_table(tmp_path, capsys):
             ob.main([str(cmp), "--dataset-name", "orc", *flags])
         err = capsys.readouterr().err
         assert e.value.code == 2 and err.count("\n") == 1 and name in err, err
+
+
+def test_eval_variants_evaluates_each_variant_and_reuses_it(tmp_path, capsys):
+    """Test-time rows: the run's weights evaluated per variant (the worker on its config.yaml with
+    the variant's keys), a table with differences from the first variant, evaluations reused."""
+    ev = _script("eval_variants")
+    cmp = _oracle_compare_dir(tmp_path)
+    spec = "evv=synthetic:nuclei?image_size=64&num_train=1&num_val=1&num_test=2"
+    out = tmp_path / "rows.md"
+    args = [str(cmp), "--dataset", spec, "--methods", "ours", "--threads", "1",
+            "--variant", "base", "--variant", "thr0.9", "MODEL.OBJGUIDED.SCORE_THRESH_TEST", "0.9",
+            "--output", str(out)]
+    assert ev.main(args) == 0
+    text = out.read_text()
+    assert "| ours | base |" in text and "| ours | thr0.9 |" in text
+    data = json.loads(out.with_suffix(".json").read_text())
+    assert set(data["results"]["ours"]) == {"base", "thr0.9"}
+    key = json.loads((cmp / "variants" / "ours" / "thr0.9" / "variant.json").read_text())["command"]
+    assert key[key.index("MODEL.OBJGUIDED.SCORE_THRESH_TEST") + 1] == "0.9"
+    assert key[key.index("--config-file") + 1].endswith(os.path.join("runs", "ours", "config.yaml"))
+    done = cmp / "variants" / "ours" / "base" / "eval.json"
+    mtime = done.stat().st_mtime
+    assert ev.main(args) == 0 and done.stat().st_mtime == mtime  # reused, not evaluated again
+    assert ev.main([str(cmp), "--dataset", spec, "--variant", "odd", "MODEL.OBJGUIDED.TOPK"]) == 2
+    assert "KEY VALUE pairs" in capsys.readouterr().err

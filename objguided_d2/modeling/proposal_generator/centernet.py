@@ -10,16 +10,15 @@ import math
 from typing import Dict, List, Optional, Tuple
 
 import torch
-import torch.nn.functional as F
 from torch import nn
-from torchvision.ops import generalized_box_iou_loss
 
 from detectron2.config import configurable
 from detectron2.layers import ShapeSpec
 from detectron2.modeling.proposal_generator import PROPOSAL_GENERATOR_REGISTRY
 from detectron2.structures import Boxes, ImageList, Instances
 
-from .centernet_utils import build_targets, decode_detections, focal_loss
+from .centernet_losses import TargetRule, centernet_losses
+from .centernet_utils import decode_detections
 
 __all__ = ["CenterNetProposalGenerator"]
 
@@ -110,18 +109,11 @@ class CenterNetProposalGenerator(nn.Module):
         self.in_feature = in_feature
         self.stride = int(stride)
         self.num_classes = int(num_classes)
-        self.min_overlap = float(min_overlap)
         self.focal_alpha = float(focal_alpha)
         self.focal_beta = float(focal_beta)
         self.reg_loss = reg_loss
-        self.min_box_size = float(min_box_size)
-        if min_radius < 0 or positive_radius < 0:
-            raise ValueError(
-                f"MODEL.OBJGUIDED.MIN_GAUSSIAN_RADIUS / POSITIVE_RADIUS must be >= 0, got "
-                f"{min_radius} / {positive_radius}"
-            )
-        self.min_radius = int(min_radius)
-        self.positive_radius = int(positive_radius)
+        self.target_rule = TargetRule(self.stride, self.num_classes, float(min_overlap),
+                                      float(min_box_size), int(min_radius), int(positive_radius))
         weights = {"loss_heatmap": 1.0, "loss_wh": 0.1, "loss_offset": 1.0, "loss_giou": 0.0}
         weights.update(loss_weights or {})
         self.loss_weights = weights
@@ -141,6 +133,14 @@ class CenterNetProposalGenerator(nn.Module):
         nn.init.constant_(
             self.heatmap_head[-1].bias, -math.log((1 - heatmap_prior) / heatmap_prior)
         )
+
+    @property
+    def min_radius(self) -> int:
+        return self.target_rule.min_radius
+
+    @property
+    def positive_radius(self) -> int:
+        return self.target_rule.positive_radius
 
     @classmethod
     def from_config(cls, cfg, input_shape: Dict[str, ShapeSpec]):
@@ -223,85 +223,15 @@ class CenterNetProposalGenerator(nn.Module):
                     f"CenterNetProposalGenerator: {len(gt_instances)} gt_instances for a batch of "
                     f"{feature.shape[0]} images"
                 )
-            losses = self.losses(logits, wh, offset, gt_instances)
+            losses = centernet_losses(logits, wh, offset, gt_instances, self.target_rule,
+                                      focal_alpha=self.focal_alpha, focal_beta=self.focal_beta,
+                                      reg_loss=self.reg_loss, loss_weights=self.loss_weights)
 
         with torch.no_grad():
             proposals = self.decode(
                 logits.detach(), wh.detach(), offset.detach(), images.image_sizes
             )
         return proposals, losses
-
-    def losses(
-        self,
-        logits: torch.Tensor,
-        wh: torch.Tensor,
-        offset: torch.Tensor,
-        gt_instances: List[Instances],
-    ) -> Dict[str, torch.Tensor]:
-        """Focal loss on the heatmap; L1 (or smooth L1) on wh and offset at the centre cells,
-        as in the authors' code: summed, divided by the number of regressed values (2 per
-        centre). With no centre in the batch the regression losses are 0 yet still in the
-        graph (DDP needs every parameter used).
-
-        Args:
-            logits: (N, C, H, W); wh, offset: (N, 2, H, W).
-        """
-        n, _, h, w = logits.shape
-        heatmaps, indices, wh_t, off_t, box_t = [], [], [], [], []
-        for i, inst in enumerate(gt_instances):
-            if not inst.has("gt_boxes") or not inst.has("gt_classes"):
-                raise ValueError(
-                    f"CenterNetProposalGenerator: gt_instances[{i}] needs 'gt_boxes' and "
-                    f"'gt_classes', has {list(inst.get_fields())}"
-                )
-            t = build_targets(
-                inst.gt_boxes.tensor.to(logits.device),
-                inst.gt_classes.to(logits.device),
-                (h, w),
-                self.stride,
-                self.num_classes,
-                min_overlap=self.min_overlap,
-                min_box_size=self.min_box_size,
-                min_radius=self.min_radius,
-                positive_radius=self.positive_radius,
-            )
-            heatmaps.append(t["heatmap"])
-            indices.append(t["indices"] + i * h * w)  # flat index into the batch
-            wh_t.append(t["wh"])
-            off_t.append(t["offset"])
-            box_t.append(t["boxes"])
-        gt_heatmap = torch.stack(heatmaps)
-        indices = torch.cat(indices)
-        num = max(indices.numel(), 1)
-
-        def gather(x: torch.Tensor) -> torch.Tensor:  # (N, 2, H, W) -> (K, 2)
-            return x.permute(0, 2, 3, 1).reshape(-1, 2)[indices]
-
-        def reg(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-            if self.reg_loss == "l1":
-                loss = F.l1_loss(pred, target, reduction="sum")
-            else:
-                loss = F.smooth_l1_loss(pred, target, reduction="sum", beta=1.0)
-            return loss / (2 * num)
-
-        loss_heatmap = focal_loss(logits, gt_heatmap, self.focal_alpha, self.focal_beta)
-        loss_wh = reg(gather(wh), torch.cat(wh_t))
-        loss_offset = reg(gather(offset), torch.cat(off_t))
-        losses = {
-            "loss_heatmap": loss_heatmap * self.loss_weights["loss_heatmap"],
-            "loss_wh": loss_wh * self.loss_weights["loss_wh"],
-            "loss_offset": loss_offset * self.loss_weights["loss_offset"],
-        }
-        if self.loss_weights["loss_giou"] > 0:
-            # The box the decoder would output from each positive cell, in cells. A negative
-            # predicted size gets no GIoU gradient; the L1 wh loss keeps sizes positive.
-            pix = indices % (h * w)
-            cell = torch.stack([pix % w, pix // w], dim=1).to(wh.dtype)
-            centre, size = cell + gather(offset), gather(wh).clamp(min=0)
-            pred = torch.cat([centre - size / 2, centre + size / 2], dim=1)
-            giou = generalized_box_iou_loss(pred, torch.cat(box_t), reduction="sum") / num
-            losses["loss_giou"] = giou * self.loss_weights["loss_giou"]
-        return losses
 
     def decode(
         self,
