@@ -38,7 +38,10 @@ def main():
     from napari.qt import get_qapp
 
     pm = npe2.PluginManager.instance()
-    if "objguided-d2" not in pm._manifests:  # not pip-installed: register this checkout's manifest
+    pm.discover()
+    try:
+        pm.get_manifest("objguided-d2")
+    except KeyError:  # not pip-installed: register this checkout's manifest
         pm.register(npe2.PluginManifest.from_file(os.path.join("objguided_d2", "napari", "napari.yaml")))
     viewer = napari.Viewer(title="objguided-d2")
     viewer.window.resize(1400, 860)

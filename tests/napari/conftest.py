@@ -18,7 +18,9 @@ def plugin():
 
     pm = npe2.PluginManager.instance()
     mf = npe2.PluginManifest.from_file(MANIFEST)
-    if mf.name not in pm._manifests:
+    try:
+        pm.get_manifest(mf.name)  # installed (pip install -e .[napari]): discovered already
+    except KeyError:
         pm.register(mf)
     return mf
 
