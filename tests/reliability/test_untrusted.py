@@ -102,7 +102,10 @@ def test_train_net_trust_pickle_flag(tmp_path):
     path = tmp_path / "R18.pkl"
     with open(path, "wb") as f:
         pickle.dump({"model": {k: v.numpy() for k, v in state.items()}, "__author__": "test"}, f)
-    common = ["--eval-only", "--config-file", CONFIG, "MODEL.DEVICE", "cpu", "DATASETS.TEST", "()",
+    # --eval-only needs something to evaluate: one 64-px synthetic test image.
+    common = ["--eval-only", "--config-file", CONFIG,
+              "--dataset", "untr=synthetic:nuclei?image_size=64&num_train=1&num_val=1&num_test=1",
+              "MODEL.DEVICE", "cpu", "DATASETS.TEST", '("untr_test",)',
               "MODEL.WEIGHTS", str(path), "OUTPUT_DIR", str(tmp_path / "ev")]
     p = _train_net(common, tmp_path)
     assert p.returncode != 0
