@@ -274,13 +274,12 @@ class ObjGuidedROIHeads(ROIHeads):
         idx, sizes, _ = self._select(new_boxes, which.nonzero().flatten())
         if not sizes:
             return boxes, probs, 0
-        grown = new_boxes
-        new = self.mask_head(self.pooler.crop(feats, grown[idx], image[idx], sizes), classes[idx])
+        new = self.mask_head(self.pooler.crop(feats, new_boxes[idx], image[idx], sizes), classes[idx])
         probs = list(probs)
         for k, p in zip(idx.tolist(), new):
             probs[k] = p
         boxes = boxes.clone()
-        boxes[idx] = grown[idx]
+        boxes[idx] = new_boxes[idx]
         return boxes, probs, len(idx)
 
 
